@@ -8,8 +8,8 @@ Layering (each layer is usable on its own):
 4. `PolicyLoss`: composes 1-3 from a typed `LossInputs`; subclasses override `per_token`.
    Registered by name (`@register_loss`), or named by import path `pkg.mod:Class` in YAML.
 
-Conventions: mask is bool [N, T], True = token counts. Values under mask=False never reach
-the result or the gradient (they are replaced with `torch.where`, not multiplied, so even
+Conventions: mask is bool [N, T], True = token counts. Per-token outputs are 0 on padding,
+and values under mask=False never reach the result or the gradient (they are replaced with `torch.where`, not multiplied, so even
 inf/NaN padding is harmless). Metrics are detached 0-dim tensors, masked means, keys
 namespaced `policy/...`. No `.item()`. Formulas, references and defaults: docs/algorithms.md.
 """
@@ -185,7 +185,7 @@ def ppo_clip(
             raise ValueError(f"dual_clip must be > 1 (paper uses 3), got {dual_clip}")
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
         metrics["policy/dual_clip_frac"] = masked_mean(((adv < 0) & (r > dual_clip)).float(), mask)
-    return loss, metrics
+    return torch.where(mask, loss, 0.0), metrics
 
 
 def gspo(
@@ -220,7 +220,7 @@ def gspo(
     metrics["policy/approx_kl"] = masked_mean(log_ratio.detach().exp() - 1 - log_ratio.detach(), mask)
     metrics["policy/clip_frac_high"] = masked_mean(((adv > 0) & (s_val > 1 + clip_high)).float(), mask)
     metrics["policy/clip_frac_low"] = masked_mean(((adv < 0) & (s_val < 1 - clip_low)).float(), mask)
-    return loss, metrics
+    return torch.where(mask, loss, 0.0), metrics
 
 
 def cispo(
@@ -244,7 +244,7 @@ def cispo(
     log_ratio = _log_ratio(logprobs, old_logprobs, mask)  # [N, T]
     ratio = log_ratio.exp()
     weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high).detach()  # [N, T]
-    loss = -adv * weight * torch.where(mask, logprobs, 0.0)
+    loss = -adv * weight * torch.where(mask, logprobs, 0.0)  # 0 on padding
     metrics = _ratio_metrics(ratio, log_ratio, mask)
     r = ratio.detach()
     metrics["policy/clip_frac_high"] = masked_mean((r > 1 + clip_high).float(), mask)
@@ -255,7 +255,7 @@ def cispo(
 def reinforce(logprobs: Tensor, advantages: Tensor, mask: Tensor) -> tuple[Tensor, Metrics]:
     """On-policy REINFORCE (Williams 1992): l = -A * log π. No ratio, no clipping."""
     adv = _token_adv(advantages, logprobs)  # [N, T]
-    return -adv * torch.where(mask, logprobs, 0.0), {}
+    return -adv * torch.where(mask, logprobs, 0.0), {}  # 0 on padding
 
 
 # ---------------------------------------------------------------------------------------
