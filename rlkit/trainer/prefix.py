@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rlkit.trainer.logprobs import causal_lm_hidden, lm_head_of, selective_logprobs
+from rlkit.trainer.logprobs import _unwrap, causal_lm_hidden, lm_head_of, selective_logprobs
 
 __all__ = [
     "ForwardBatch",
@@ -183,6 +183,10 @@ def shared_prefix_layout(batch: ForwardBatch, pad_id: int = 0) -> PackedLayout:
     return PackedLayout(ids, pos, mask[:, None], src, fits & batch.completion_mask)
 
 
+def _attn_implementation(model: nn.Module) -> str | None:
+    return getattr(getattr(_unwrap(model), "config", None), "_attn_implementation", None)
+
+
 def logprobs_from_layout(
     model: nn.Module,
     layout: PackedLayout,
@@ -194,7 +198,15 @@ def logprobs_from_layout(
     entropy_grad: bool = False,
 ) -> ForwardOutput:
     """Decoder forward on `layout`, then chunked logprobs of the completion tokens [N, T]."""
-    hidden = causal_lm_hidden(model, layout.input_ids, layout.attention_mask, layout.position_ids)
+    mask = layout.attention_mask
+    if mask.dtype == torch.bool and mask.dim() == 4 and _attn_implementation(model) == "eager":
+        # transformers' eager attention *adds* the 4D mask to the scores, so a bool mask would
+        # silently add 0/1 (seen on 5.19); eager needs the additive float form. SDPA takes bool.
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min
+        )
+    hidden = causal_lm_hidden(model, layout.input_ids, mask, layout.position_ids)
     h = hidden.flatten(0, 1)[layout.source_index]  # [N, T, H]
     weight, bias = lm_head_of(model)
     targets = torch.where(layout.valid, batch.completion_ids, 0)  # [N, T], pad ids may be out of vocab
@@ -241,7 +253,7 @@ def shared_prefix_logprobs(
     Same output layout and values as `plain_logprobs`. Needs an attention implementation
     that honours a 4D boolean mask ("sdpa" or "eager"; not flash-attention-2).
     """
-    attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    attn = _attn_implementation(model)
     if attn is not None and attn not in ("sdpa", "eager"):
         raise ValueError(
             f"trainer.shared_prefix needs attn_implementation 'sdpa' or 'eager' (a 4D mask), got {attn!r}"

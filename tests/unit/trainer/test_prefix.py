@@ -163,3 +163,14 @@ def test_temperature_matches_manual(model, batch):
         ids = torch.tensor([batch.prompt_ids[0] + batch.completion_ids[0, :3].tolist()])
         ref = (model(ids).logits[0] / tau).log_softmax(-1)[4:7].gather(-1, ids[0, 5:, None]).squeeze(-1)
     torch.testing.assert_close(out[0, :3], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_eager_attention_gets_additive_mask(model, batch):
+    """Eager attention adds the 4D mask to the scores: a bool mask would add 0/1 silently."""
+    eager = transformers.LlamaForCausalLM._from_config(
+        model.config, attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    eager.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        out = shared_prefix_logprobs(eager, batch).logprobs
+    torch.testing.assert_close(out, _manual(model, batch), rtol=1e-4, atol=1e-5)
