@@ -193,7 +193,9 @@ def rloo(rewards: Tensor, group_ids: Tensor, *, mask: Tensor | None = None) -> T
 
 @register_advantage("opo")
 def opo(rewards: Tensor, group_ids: Tensor, *, mask: Tensor | None = None) -> Tensor:
-    """OPO optimal baseline (Hao et al., "On-Policy RL with Optimal Reward Baseline", arXiv 2505.23585).
+    """OPO optimal baseline (Hao et al., "On-Policy RL with Optimal Reward Baseline",
+    arXiv 2505.23585).
+
 
     Length-weighted group baseline b = sum_i |o_i| r_i / sum_i |o_i|; A_i = r_i - b (no std).
     |o_i| = number of True mask tokens. A group whose lengths are all 0 falls back to the
@@ -262,8 +264,10 @@ def _comb_ratio(a: Tensor, b: Tensor, k: Tensor) -> Tensor:
     ok = a >= k
     a_, b_ = a.clamp(min=0), b.clamp(min=0)
     log = (
-        torch.lgamma(a_ + 1) - torch.lgamma((a_ - k).clamp(min=0) + 1)
-        - torch.lgamma(b_ + 1) + torch.lgamma((b_ - k).clamp(min=0) + 1)
+        torch.lgamma(a_ + 1)
+        - torch.lgamma((a_ - k).clamp(min=0) + 1)
+        - torch.lgamma(b_ + 1)
+        + torch.lgamma((b_ - k).clamp(min=0) + 1)
     )
     return torch.where(ok, log.exp(), torch.zeros_like(a))
 

@@ -9,9 +9,10 @@ Layering (each layer is usable on its own):
    Registered by name (`@register_loss`), or named by import path `pkg.mod:Class` in YAML.
 
 Conventions: mask is bool [N, T], True = token counts. Per-token outputs are 0 on padding,
-and values under mask=False never reach the result or the gradient (they are replaced with `torch.where`, not multiplied, so even
-inf/NaN padding is harmless). Metrics are detached 0-dim tensors, masked means, keys
-namespaced `policy/...`. No `.item()`. Formulas, references and defaults: docs/algorithms.md.
+and values under mask=False never reach the result or the gradient (they are replaced with
+`torch.where`, not multiplied, so even inf/NaN padding is harmless). Metrics are detached
+0-dim tensors, masked means, keys namespaced `policy/...`. No `.item()`.
+Formulas, references and defaults: docs/algorithms.md.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def _token_adv(advantages: Tensor, like: Tensor) -> Tensor:
         adv = adv[:, None]  # [N, 1] broadcasts over T
     if adv.dim() != 2 or adv.shape[0] != like.shape[0]:
         raise ValueError(
-            f"advantages must be [N] or [N, T] with N={like.shape[0]}, got {tuple(advantages.shape)}"
+            f"advantages must be [N] or [N, T] with N={like.shape[0]}, "
+            f"got {tuple(advantages.shape)}"
         )
     return adv.expand_as(like)
 
@@ -133,6 +135,8 @@ def aggregate(
     Seq-mean modes divide by N = all rows (a fully masked row contributes 0 but still counts),
     so row i's contribution never depends on other rows' masks. An empty mask gives 0 with grad.
     """
+    if mask.dtype != torch.bool:
+        raise TypeError(f"aggregate: mask must be bool (True = token counts), got {mask.dtype}")
     x = torch.where(mask, per_token, 0.0)  # [N, T]
     if mode == "token_mean":
         return x.sum() / mask.sum().clamp(min=1)
@@ -217,9 +221,12 @@ def gspo(
     s_val = seq_log_ratio.detach().exp()[:, None].expand_as(lp)  # [N, T]
     metrics = _ratio_metrics(s_val, seq_log_ratio.detach()[:, None].expand_as(lp), mask)
     # approx_kl stays token-level (comparable across losses)
-    metrics["policy/approx_kl"] = masked_mean(log_ratio.detach().exp() - 1 - log_ratio.detach(), mask)
-    metrics["policy/clip_frac_high"] = masked_mean(((adv > 0) & (s_val > 1 + clip_high)).float(), mask)
-    metrics["policy/clip_frac_low"] = masked_mean(((adv < 0) & (s_val < 1 - clip_low)).float(), mask)
+    lr = log_ratio.detach()
+    metrics["policy/approx_kl"] = masked_mean(lr.exp() - 1 - lr, mask)
+    high = (adv > 0) & (s_val > 1 + clip_high)  # [N, T], whole sequences
+    low = (adv < 0) & (s_val < 1 - clip_low)
+    metrics["policy/clip_frac_high"] = masked_mean(high.float(), mask)
+    metrics["policy/clip_frac_low"] = masked_mean(low.float(), mask)
     return torch.where(mask, loss, 0.0), metrics
 
 
@@ -353,19 +360,31 @@ class LossInputs:
 
     def __post_init__(self) -> None:
         if self.mask.dtype != torch.bool:
-            raise TypeError(f"LossInputs.mask must be bool (True = token counts), got {self.mask.dtype}")
+            raise TypeError(
+                f"LossInputs.mask must be bool (True = token counts), got {self.mask.dtype}"
+            )
         if self.logprobs.shape != self.mask.shape or self.logprobs.dim() != 2:
             raise ValueError(
-                f"logprobs {tuple(self.logprobs.shape)} and mask {tuple(self.mask.shape)} must both be [N, T]"
+                f"logprobs {tuple(self.logprobs.shape)} and mask {tuple(self.mask.shape)} "
+                "must both be [N, T]"
             )
-        for name in ("old_logprobs", "engine_logprobs", "ref_logprobs", "teacher_logprobs",
-                     "entropy", "token_weights"):
+        for name in (
+            "old_logprobs",
+            "engine_logprobs",
+            "ref_logprobs",
+            "teacher_logprobs",
+            "entropy",
+            "token_weights",
+        ):
             t = getattr(self, name)
             if t is not None and t.shape != self.mask.shape:
-                raise ValueError(f"LossInputs.{name} must be [N, T]={tuple(self.mask.shape)}, got {tuple(t.shape)}")
+                raise ValueError(
+                    f"LossInputs.{name} must be [N, T]={tuple(self.mask.shape)}, "
+                    f"got {tuple(t.shape)}"
+                )
 
     def old(self) -> Tensor:
-        """old_logprobs, or logprobs.detach() when absent (on-policy: ratio = 1, grad = REINFORCE)."""
+        """old_logprobs, or logprobs.detach() when absent (on-policy: ratio 1, REINFORCE grad)."""
         return self.old_logprobs if self.old_logprobs is not None else self.logprobs.detach()
 
 
@@ -420,11 +439,14 @@ def get_loss_class(name_or_path: str) -> type[PolicyLoss]:
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"loss {name_or_path!r}: module {mod_name!r} has no attribute {attr!r}")
+            raise ValueError(
+                f"loss {name_or_path!r}: module {mod_name!r} has no attribute {attr!r}"
+            )
         obj = getattr(obj, part)
     if not (isinstance(obj, type) and issubclass(obj, PolicyLoss)):
         raise TypeError(
-            f"loss {name_or_path!r} is {obj!r}, not a subclass of rlkit.algorithms.losses.PolicyLoss"
+            f"loss {name_or_path!r} is {obj!r}, "
+            "not a subclass of rlkit.algorithms.losses.PolicyLoss"
         )
     return obj
 
@@ -525,8 +547,9 @@ class PolicyLoss:
         per_tok, metrics = self.per_token(inputs)  # [N, T]
         metrics = dict(metrics)
         if self.tis_cap is not None and inputs.engine_logprobs is not None:
-            w, m = tis_weights(inputs.old(), inputs.engine_logprobs, mask,
-                               cap=self.tis_cap, mode=self.tis_mode)
+            w, m = tis_weights(
+                inputs.old(), inputs.engine_logprobs, mask, cap=self.tis_cap, mode=self.tis_mode
+            )
             per_tok = per_tok * w
             metrics.update(m)
         if inputs.token_weights is not None:
@@ -578,8 +601,15 @@ class GRPOLoss(PolicyLoss):
         self.clip_low, self.clip_high, self.dual_clip = clip_low, clip_high, dual_clip
 
     def per_token(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
-        return ppo_clip(inputs.logprobs, inputs.old(), inputs.advantages, inputs.mask,
-                        clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip)
+        return ppo_clip(
+            inputs.logprobs,
+            inputs.old(),
+            inputs.advantages,
+            inputs.mask,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+            dual_clip=self.dual_clip,
+        )
 
 
 @register_loss("dapo")
@@ -628,13 +658,20 @@ class GSPOLoss(PolicyLoss):
         self.clip_low, self.clip_high = clip_low, clip_high
 
     def per_token(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
-        return gspo(inputs.logprobs, inputs.old(), inputs.advantages, inputs.mask,
-                    clip_low=self.clip_low, clip_high=self.clip_high)
+        return gspo(
+            inputs.logprobs,
+            inputs.old(),
+            inputs.advantages,
+            inputs.mask,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+        )
 
 
 @register_loss("cispo")
 class CISPOLoss(PolicyLoss):
-    """CISPO (MiniMax-M1, arXiv 2506.13585): IS weight clip 1.0 (no lower bound) / 0.28, token_mean."""
+    """CISPO (MiniMax-M1, arXiv 2506.13585): IS-weight clip 1.0 (no lower bound) / 0.28,
+    token_mean (the paper's 1/sum|o_i| normalisation)."""
 
     def __init__(
         self,
@@ -648,8 +685,14 @@ class CISPOLoss(PolicyLoss):
         self.clip_low, self.clip_high = clip_low, clip_high
 
     def per_token(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
-        return cispo(inputs.logprobs, inputs.old(), inputs.advantages, inputs.mask,
-                     clip_low=self.clip_low, clip_high=self.clip_high)
+        return cispo(
+            inputs.logprobs,
+            inputs.old(),
+            inputs.advantages,
+            inputs.mask,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+        )
 
 
 @register_loss("reinforce")

@@ -36,7 +36,15 @@ def group_sums(x, gid):
 def test_registry_lists_all_estimators_sorted():
     names = available_advantages()
     assert names == sorted(names)
-    for n in ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "pass_at_k", "opo"]:
+    for n in [
+        "grpo",
+        "dr_grpo",
+        "rloo",
+        "reinforce_pp",
+        "reinforce_pp_baseline",
+        "pass_at_k",
+        "opo",
+    ]:
         assert n in names
         assert get_advantage(n).needs_group is (n != "reinforce_pp")
 

@@ -46,7 +46,9 @@ def test_doc_example_builds_from_yaml_and_matches_hand_value(doc_loss):
     # on-policy: ppo part = -A = row0 [-1, -1], row1 [1]; NLL on row 0 only: 0.5*[1, 2]
     # per token [-0.5, 0], [1] -> token_mean (-0.5 + 0 + 1) / 3 = 1/6 (the doc's numbers)
     torch.testing.assert_close(out.loss, torch.tensor(1 / 6, dtype=torch.float64))
-    torch.testing.assert_close(out.metrics["policy/pos_nll"], torch.tensor(1.5, dtype=torch.float64))
+    torch.testing.assert_close(
+        out.metrics["policy/pos_nll"], torch.tensor(1.5, dtype=torch.float64)
+    )
     out.loss.backward()
     # d/dlp: row 0 (-A - 0.5)/3 = -0.5 each; row 1 token 0: +1/3; padding 0
     expected = torch.tensor([[-0.5, -0.5], [1 / 3, 0.0]], dtype=torch.float64)
