@@ -60,9 +60,6 @@ def test_unknown_estimator_error_lists_names():
 
 
 def test_register_duplicate_name_rejected():
-    def grpo(rewards, group_ids, *, mask=None):  # same qualname is a re-import, allowed
-        return rewards
-
     def other(rewards, group_ids, *, mask=None):
         return rewards
 
