@@ -83,9 +83,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
         logp = hidden.new_empty(M, dtype=torch.float32)  # [M]
         lse = hidden.new_empty(M, dtype=torch.float32)  # [M]
         ent = hidden.new_empty(M, dtype=torch.float32) if with_entropy else None  # [M]
+        w = weight.to(dtype)  # cast once, not per chunk (no-op when dtypes agree)
         for s in range(0, M, chunk_size):
             e = min(s + chunk_size, M)
-            z = _project(hidden[s:e], weight, bias, temperature, dtype)  # [C, V]
+            z = _project(hidden[s:e], w, bias, temperature, dtype)  # [C, V]
             lse[s:e] = torch.logsumexp(z, -1)
             logp_all = z.sub_(lse[s:e, None])  # [C, V] log-softmax, in place
             logp[s:e] = logp_all.gather(-1, targets[s:e, None]).squeeze(-1)
@@ -111,10 +112,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
         grad_b = None
         if need_b:
             grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        w = weight.to(dtype)
         for s in range(0, hidden.shape[0], ctx.chunk_size):
             e = min(s + ctx.chunk_size, hidden.shape[0])
             g = _chunk_grad_logits(
-                _project(hidden[s:e], weight, bias, tau, dtype), targets[s:e], lse[s:e],
+                _project(hidden[s:e], w, bias, tau, dtype), targets[s:e], lse[s:e],
                 None if g_logp is None else g_logp[s:e],
                 None if g_ent is None else g_ent[s:e],
                 None if ent is None else ent[s:e],
@@ -123,8 +125,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
             # matmuls in the forward's dtype (as autograd of a bf16 linear would), fp32 sums
             gd = g.to(dtype)
             if need_h:
-                grad_h[s:e] = (gd @ weight.to(dtype)).to(hidden.dtype)  # [C, H]
-            if need_w:
+                grad_h[s:e] = (gd @ w).to(hidden.dtype)  # [C, H]
+            if need_w and dtype == torch.float32:
+                grad_w.addmm_(gd.t(), hidden[s:e].float())  # [V, H], in place
+            elif need_w:
                 grad_w += (gd.t() @ hidden[s:e].to(dtype)).float()  # [V, H]
             if need_b:
                 grad_b += g.sum(0)
