@@ -125,7 +125,8 @@ def plain_layout(batch: ForwardBatch, pad_id: int = 0) -> PackedLayout:
     t = torch.arange(T, device=dev)  # [T]
     fits = t < lengths[:, None]  # [N, T]
     L = prompts.shape[1] + T
-    ids = torch.cat([prompts[batch.prompt_index], torch.full((N, T), pad_id, dtype=torch.long, device=dev)], 1)  # [N, L]
+    tail = torch.full((N, T), pad_id, dtype=torch.long, device=dev)
+    ids = torch.cat([prompts[batch.prompt_index], tail], 1)  # [N, L]
     # completion token t of row i goes to column P_i + t (overwriting prompt padding)
     ids.scatter_(1, P[:, None] + t, torch.where(fits, batch.completion_ids, pad_id))
     cols = torch.arange(L, device=dev)  # [L]
@@ -152,7 +153,7 @@ def shared_prefix_layout(batch: ForwardBatch, pad_id: int = 0) -> PackedLayout:
     lengths = batch.completion_lengths  # [N]
     # start column of completion i: P_row + lengths of the earlier completions of its row
     earlier = (row[:, None] == row[None, :]) & torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)
-    offset = plen[row] + earlier.long() @ lengths  # [N]
+    offset = plen[row] + (earlier * lengths).sum(-1)  # [N] (no integer matmul: CUDA lacks one)
     row_len = plen + torch.zeros_like(plen).index_add_(0, row, lengths)  # [R]
     L = int(row_len.max())
 
