@@ -149,10 +149,16 @@ def zero_adv_metrics(
     n_groups = uniq.numel()  # a shape, known on the host: no .item()
     if n_groups == 0:
         nan = _nan(r)
-        keys = ("zero_adv_frac", "zero_adv_all_correct_frac", "zero_adv_all_wrong_frac", "effective_batch_frac")
+        keys = (
+            "zero_adv_frac",
+            "zero_adv_all_correct_frac",
+            "zero_adv_all_wrong_frac",
+            "effective_batch_frac",
+        )
         return {f"diag/{k}": nan for k in keys}
-    lo = torch.full((n_groups,), torch.inf, device=r.device).scatter_reduce(0, inv, r, "amin")  # [G]
-    hi = torch.full((n_groups,), -torch.inf, device=r.device).scatter_reduce(0, inv, r, "amax")  # [G]
+    init = torch.zeros(n_groups, device=r.device)  # [G]; include_self=False ignores it
+    lo = init.scatter_reduce(0, inv, r, "amin", include_self=False)  # [G]
+    hi = init.scatter_reduce(0, inv, r, "amax", include_self=False)  # [G]
     zero_var = (hi - lo) <= _REWARD_EQ_TOL  # [G]
     all_correct = zero_var & (lo >= correct_reward - _REWARD_EQ_TOL)
     all_wrong = zero_var & (hi <= wrong_reward + _REWARD_EQ_TOL)
@@ -178,7 +184,9 @@ def _token_sign_masks(advantages: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]
     return mask & (adv > 0), mask & (adv < 0)
 
 
-def logp_delta_metrics(old_logprobs: Tensor, new_logprobs: Tensor, advantages: Tensor, mask: Tensor) -> Metrics:
+def logp_delta_metrics(
+    old_logprobs: Tensor, new_logprobs: Tensor, advantages: Tensor, mask: Tensor
+) -> Metrics:
     """Per-update likelihood change of positive / negative responses (LLD, arXiv 2512.04220).
 
     logp_delta_pos = token-mean of (new - old) logprob over tokens with advantage > 0
@@ -209,11 +217,18 @@ def mismatch_metrics(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor
     }
 
 
-def step_metrics(d: DiagInputs, *, correct_reward: float = 1.0, wrong_reward: float = 0.0) -> Metrics:
+def step_metrics(
+    d: DiagInputs, *, correct_reward: float = 1.0, wrong_reward: float = 0.0
+) -> Metrics:
     """All diagnostics of one step; keys whose inputs are None are absent. See module doc."""
     mask = d.mask.bool()
     out = zero_adv_metrics(
-        d.rewards, d.group_ids, d.advantages, mask, correct_reward=correct_reward, wrong_reward=wrong_reward
+        d.rewards,
+        d.group_ids,
+        d.advantages,
+        mask,
+        correct_reward=correct_reward,
+        wrong_reward=wrong_reward,
     )
     out["diag/completion_len_mean"] = mask.sum(dim=1).float().mean()
     if d.entropy is not None:

@@ -88,7 +88,8 @@ def test_position_profile_relative_quarters():
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 77.0, 20.0, 77.0]])
     mask = torch.tensor([[True, True, True, True], [True, False, True, False]])
     prof = position_bucket_means(x, mask)
-    torch.testing.assert_close(prof, torch.tensor([5.5, 2.0, 11.5, 4.0]))  # (1+10)/2, 2, (3+20)/2, 4
+    # buckets: (1 + 10) / 2, 2, (3 + 20) / 2, 4
+    torch.testing.assert_close(prof, torch.tensor([5.5, 2.0, 11.5, 4.0]))
     m = entropy_metrics(x, mask)
     assert _val(m["diag/entropy_pos_0_25"]) == pytest.approx(5.5)
     assert _val(m["diag/entropy_pos_75_100"]) == pytest.approx(4.0)
