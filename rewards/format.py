@@ -6,7 +6,7 @@ import re
 
 from rewards import register_reward
 
-_BOXED = re.compile(r"\\boxed\{[^{}]+\}")
+_BOXED = re.compile(r"\\boxed\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})+\}")  # braces nest 2 deep: \frac{\sqrt{2}}{2}
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*\S", re.DOTALL)
 
 

@@ -193,7 +193,7 @@ class RunConfig(_Section):
 
 class RecipeConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
-    model: ModelConfig
+    model: ModelConfig = Field(..., description="The policy to train; set model.name_or_path (e.g. smollm2-135m).")
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_accuracy")], min_length=1)
@@ -282,8 +282,7 @@ def _format_error(err: dict[str, Any]) -> str:
         if owner is not None:
             keys = [f.alias or name for name, f in owner.model_fields.items()]
             close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-            if close:
-                msg += f"; did you mean '{close[0]}'?"
+            msg += f"; did you mean '{close[0]}'?" if close else "."
             msg += f" Valid keys here: {', '.join(keys)}."
         return msg
     if kind == "missing":
