@@ -1,0 +1,151 @@
+"""The `rlkit` command: help is instant (no heavy imports), validate exits 0 / 2 with messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlkit.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+SUBCOMMANDS = ["validate", "fetch-model", "train", "report", "bench"]
+HEAVY = ["torch", "transformers", "vllm", "datasets", "deepspeed", "accelerate", "math_verify"]
+
+# Runs in a fresh interpreter: parse `--help` of the top level and every subcommand through
+# rlkit.cli.main, then report which heavy modules got imported along the way.
+_HELP_PROBE = """
+import contextlib, io, json, sys
+from rlkit.cli import main
+codes, outs = {}, {}
+for argv in %r:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            codes[" ".join(argv)] = exc.code
+    outs[" ".join(argv)] = buf.getvalue()
+print(json.dumps({"codes": codes, "outs": outs, "heavy": [m for m in %r if m in sys.modules]}))
+"""
+
+
+def test_subcommand_list_matches_parser():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(SUBCOMMANDS)
+
+
+def test_help_imports_no_heavy_library():
+    argvs = [["--help"]] + [[name, "--help"] for name in SUBCOMMANDS]
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE % (argvs, HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == [], f"`--help` imported {result['heavy']}"
+    assert set(result["codes"].values()) == {0}
+    assert "usage: rlkit" in result["outs"]["--help"]
+    for name in SUBCOMMANDS:
+        assert result["outs"]["--help"].count(name) >= 1
+        assert f"usage: rlkit {name}" in result["outs"][f"{name} --help"]
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "rlkit"
+    assert exe.is_file(), "the `rlkit` console script is not installed in this environment"
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "validate" in proc.stdout and "fetch-model" in proc.stdout
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "required: command" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+def _write(tmp_path: Path, raw: dict) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_validate_good_config_exits_0(capsys):
+    cfg = str(REPO / "recipes" / "configs" / "grpo_math_cpu.yaml")
+    assert main(["validate", cfg]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == f"{cfg}: valid"
+    assert out.err == ""
+
+
+def test_validate_show_prints_resolved_config_with_overrides(tmp_path, capsys):
+    cfg = _write(tmp_path, {"model": {"name_or_path": "smollm2-135m"}})
+    assert main(["validate", cfg, "trainer.max_steps=7", "--show"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
+    assert shown["trainer"]["max_steps"] == 7
+    assert shown["model"]["name_or_path"] == "smollm2-135m"
+
+
+def test_validate_bad_config_exits_2_with_message_on_stderr(tmp_path, capsys):
+    cfg = _write(tmp_path, {"model": {"name_or_path": "x"}, "rollout": {"temprature": 0.5}})
+    assert main(["validate", cfg]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "config error at rollout.temprature: unknown key; did you mean 'temperature'?" in out.err
+    assert "Traceback" not in out.err
+
+
+def test_validate_bad_override_exits_2(tmp_path, capsys):
+    cfg = _write(tmp_path, {"model": {"name_or_path": "x"}})
+    assert main(["validate", cfg, "trainer.learning_rate=-1"]) == 2
+    assert "config error at trainer.learning_rate: got -1" in capsys.readouterr().err
+
+
+def test_validate_missing_file_exits_2(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_validate_console_script_bad_config(tmp_path):
+    # The real entry point, end to end: exit status and stderr as a shell user sees them.
+    cfg = _write(tmp_path, {"model": {"name_or_path": "x"}, "trainer": {"zero_stage": 5}})
+    exe = Path(sys.executable).parent / "rlkit"
+    proc = subprocess.run([str(exe), "validate", cfg], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "config error at trainer.zero_stage: got 5" in proc.stderr
+    assert proc.stdout == ""
+
+
+# ----------------------------------------------------------------------------- other commands
+
+
+def test_fetch_model_unknown_alias_exits_2(capsys):
+    assert main(["fetch-model", "gpt-5"]) == 2
+    assert "unknown model alias 'gpt-5'. Known: smollm2-135m" in capsys.readouterr().err
+
+
+def test_train_bad_config_fails_before_launching(tmp_path, capsys, monkeypatch):
+    def no_launch(*a, **k):
+        raise AssertionError("accelerate must not start on an invalid config")
+
+    monkeypatch.setattr(subprocess, "call", no_launch)
+    cfg = _write(tmp_path, {"model": {"name_or_path": "x"}, "loss": {"name": "grop"}})
+    assert main(["train", cfg]) == 2
+    assert "did you mean 'grpo'?" in capsys.readouterr().err
+
+
+def test_bench_unknown_name_exits_2(capsys):
+    assert main(["bench", "no_such_benchmark"]) == 2
+    assert "unknown benchmark 'no_such_benchmark'. Available:" in capsys.readouterr().err
