@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import pytest
 
@@ -276,3 +277,24 @@ def test_bad_arguments():
         AlarmMonitor(entropy_collapse_frac=1.5)
     with pytest.raises(ValueError, match="version"):
         AlarmMonitor().load_state_dict({"version": 99})
+
+
+def test_infinite_reward_rise_tol_disables_the_plateau_gate():
+    # The rising-reward stream above, with the gate off: the trend rule fires at 8 as before.
+    stream = [
+        {"diag/entropy_mean": _linear_decline(t), "reward/mean": 0.1 + 0.05 * t} for t in range(14)
+    ]
+    monitor = AlarmMonitor(reward_rise_tol=math.inf)
+    assert _fired(_run(monitor, stream)) == {"entropy_collapse": [8]}
+
+
+def test_docs_cover_every_alarm_and_default():
+    import inspect
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[3] / "docs" / "diagnostics.md").read_text()
+    for name in ALARM_NAMES:
+        assert f"### `{name}" in doc or f"`{name}` |" in doc, name
+    for p in inspect.signature(AlarmMonitor).parameters.values():
+        m = re.search(rf"\| `{p.name}` \| ([^ |]+) \|", doc)
+        assert m and float(m.group(1)) == p.default, p.name

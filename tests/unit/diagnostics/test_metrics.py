@@ -183,3 +183,28 @@ def test_step_metrics_keys_follow_inputs():
     assert _val(full["diag/zero_adv_frac"]) == pytest.approx(0.5)  # group 1 = [1, 1]
     assert _val(full["diag/completion_len_mean"]) == pytest.approx(3.0)
     assert all(v.dim() == 0 and not v.requires_grad for v in full.values())
+
+
+def test_docs_cover_every_metric_key():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[3] / "docs" / "diagnostics.md").read_text()
+    n, t = 2, 4
+    m = step_metrics(
+        DiagInputs(
+            rewards=torch.tensor([1.0, 0.0]),
+            group_ids=torch.tensor([0, 0]),
+            advantages=torch.tensor([1.0, -1.0]),
+            mask=torch.ones(n, t, dtype=torch.bool),
+            entropy=torch.rand(n, t),
+            old_logprobs=-torch.rand(n, t),
+            new_logprobs=-torch.rand(n, t),
+            engine_logprobs=-torch.rand(n, t),
+            truncated=torch.tensor([False, True]),
+        )
+    )
+    for key in m:
+        # the table names a key in full, or as a suffix after a full sibling (`_p50`, `_25_50`)
+        parts = key.split("_")
+        forms = [f"`{key}`"] + [f"`_{'_'.join(parts[i:])}`" for i in range(1, len(parts))]
+        assert any(f in doc for f in forms), key
