@@ -109,9 +109,9 @@ def position_bucket_means(x: Tensor, mask: Tensor, buckets: int = POSITION_BUCKE
     rank = torch.cumsum(m.long(), dim=1) - 1  # [N, T] 0-based rank among counted tokens
     length = m.sum(dim=1, keepdim=True).clamp(min=1)  # [N, 1]
     bucket = torch.div(rank * buckets, length, rounding_mode="floor").clamp(0, buckets - 1)
-    onehot = torch.nn.functional.one_hot(bucket, buckets) & m[..., None]  # [N, T, b]
-    sums = (torch.where(m, x.float(), 0.0)[..., None] * onehot).sum(dim=(0, 1))  # [b]
-    counts = onehot.sum(dim=(0, 1))  # [b]
+    idx = bucket[m]  # [M] bucket of each counted token
+    sums = torch.zeros(buckets, device=x.device).scatter_add_(0, idx, x.float()[m])  # [b]
+    counts = torch.bincount(idx, minlength=buckets)  # [b]
     return torch.where(counts > 0, sums / counts.clamp(min=1), float("nan"))
 
 
