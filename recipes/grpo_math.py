@@ -56,7 +56,6 @@ def setup(cfg: RecipeConfig):
         ref_model = load_causal_lm(resolve_model(cfg.model.ref_model or cfg.model.name_or_path), trainable=False)
 
     r = cfg.rollout
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, r.cpu_kvcache_gib))))
     engine = build_engine(
         r.engine, model_path, dtype=r.dtype, seed=cfg.trainer.seed, chat_template=r.chat_template,
         max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
@@ -131,7 +130,10 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
                            mini_batches=t.mini_batches)
     t3 = time.perf_counter()
     sync_seconds = sync_weights(s["engine"], s["policy"])
-    t4 = time.perf_counter()
+    if t.verify_sync:
+        from rlkit.trainer.loop import engine_weight_mismatch
+
+        s["sync_diff"] = engine_weight_mismatch(s["engine"], s["policy"])
 
     metrics = {**rollout_metrics(batch, scored), **update.metrics}
     if cfg.diagnostics.enabled:
@@ -155,7 +157,8 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
     if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
         s["samples"] = [{"prompt": problems[i // r.group_size].prompt, "completion": batch.completion_texts[i],
                          "reward": float(scored.rewards[i])} for i in range(0, len(batch.completion_texts), r.group_size)]
-    _ = t4
+    if "sync_diff" in s:
+        metrics["train/sync_max_abs_diff"] = s.pop("sync_diff")
     return metrics
 
 

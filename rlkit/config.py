@@ -102,7 +102,7 @@ class RolloutConfig(_Section):
     dtype: Literal["bfloat16", "float32", "float16"] = Field("bfloat16", description="Engine weights dtype.")
     max_model_len: int = Field(1024, gt=0, description="Prompt + completion token budget of the engine.")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU: memory fraction vLLM may take.")
-    cpu_kvcache_gib: float = Field(2.0, gt=0, description="CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_kvcache_gib: int = Field(2, ge=1, description="CPU: KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     enforce_eager: bool = Field(False, description="Disable vLLM graph compilation (faster start, slower decode).")
     chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template.")
 
@@ -149,6 +149,10 @@ class TrainerConfig(_Section):
         True, description="On-policy single pass: use the engine's logprobs as old_logprobs instead of recomputing."
     )
     shared_prefix: bool = Field(True, description="Encode each prompt once per group (Prefix Grouper forward).")
+    verify_sync: bool = Field(
+        False, description="After each weight sync, read the engine's weights back and log their max difference "
+        "to the trainer's (`train/sync_max_abs_diff`, 0 when the sync is right). Debugging aid; costs a copy."
+    )
     logprob_chunk_size: int = Field(1024, gt=0, description="Tokens per chunk of the memory-efficient logprob pass.")
     seed: int = Field(0, description="Seed for torch, python, numpy and the engine.")
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every k steps (0 = only at the end).")

@@ -98,6 +98,11 @@ def build_accelerator(tcfg: TrainerConfig, mcfg: ModelConfig, trackers: list[str
     from accelerate.utils import DeepSpeedPlugin
 
     bf16 = mcfg.dtype == "bfloat16" and torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        # torchrun (under `accelerate launch`) sets OMP_NUM_THREADS=1 per process; on a CPU
+        # machine that halves training speed. Give each local process its share of the cores.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     # The recipe config owns every DeepSpeed setting; the `accelerate launch` config file only
     # selects DeepSpeed. Drop the launcher's list of fields it set (zero_stage, ...), which
     # accelerate would otherwise report as conflicting with the config dict built here.

@@ -265,6 +265,43 @@ def sync_weights(engine, policy) -> float:
     return time.perf_counter() - t0
 
 
+def engine_weight_mismatch(engine, policy) -> float:
+    """Max |engine weight - trainer weight| over all engine parameters (vLLM engines only).
+
+    vLLM fuses projections (`qkv_proj` = [q; k; v], `gate_up_proj` = [gate; up]); the trainer's
+    tensors are fused the same way and cast to the engine's dtype before comparing, so a
+    correct sync gives exactly 0. This is the check behind the "weights did not update" bug
+    reports of other toolkits (ANCHORS.md, section 6).
+    """
+    from rlkit.rollout.weight_sync import trainer_weights_for_engine
+    from rlkit.trainer.deepspeed import gathered_parameters
+
+    llm = getattr(engine, "llm", None)
+    if llm is None:
+        return float("nan")
+
+    def _grab(worker):
+        return {n: p.detach().cpu().clone() for n, p in worker.model_runner.get_model().named_parameters()}
+
+    served = llm.collective_rpc(_grab)[0]
+    model = policy.unwrapped()
+    with gathered_parameters(model):
+        ours = {n: t.detach().cpu() for n, t in trainer_weights_for_engine(model)}
+    fused = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+    worst = 0.0
+    for name, served_t in served.items():
+        parts = next(((k, v) for k, v in fused.items() if f".{k}." in name), None)
+        if parts is None:
+            expected = ours.get(name)
+        else:
+            expected = torch.cat([ours[name.replace(parts[0], p)] for p in parts[1]], dim=0)
+        if expected is None:
+            continue  # e.g. a tied lm_head the engine keeps as its own alias
+        diff = (served_t.float() - expected.to(served_t.dtype).float()).abs().max()
+        worst = max(worst, float(diff))
+    return worst
+
+
 def seed_rollout(seed: int, step: int) -> None:
     """Seed the sampling RNG for this step, so a resumed run samples what a straight one does.
 
