@@ -68,7 +68,8 @@ def setup(cfg: RecipeConfig):
                   for s in cfg.rewards]
     d = cfg.diagnostics
     monitor = AlarmMonitor(entropy_collapse_frac=d.entropy_collapse_frac, zero_adv_frac=d.zero_adv_frac,
-                           grad_z_threshold=d.grad_z_threshold, window=d.window)
+                           grad_z_threshold=d.grad_z_threshold, window=d.window, warmup=d.warmup,
+                           reward_rise_tol=d.reward_rise_tol)
     pad_id = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
     fs = ForwardSettings(temperature=max(r.temperature, 1e-5), chunk_size=cfg.trainer.logprob_chunk_size,
                          pad_id=pad_id, shared_prefix=cfg.trainer.shared_prefix,

@@ -55,8 +55,9 @@ def math_accuracy(prompts, completions, answer, **_) -> list[float | None]:
             continue
         pred = parse(completion)
         ok = bool(pred) and verify(gold_parsed, pred)
-        if not ok:
-            # math-verify reads the first boxed/$...$ answer; a bare "7" at the end is common.
+        if not ok and not pred:
+            # Nothing math-verify recognises as an answer (a bare "7" is common): fall back to
+            # the last number. Only then: a wrong \boxed{8} followed by "... = 7" stays wrong.
             num = last_number(completion)
             ok = num is not None and _same_number(num, gold_text)
         out.append(1.0 if ok else 0.0)

@@ -174,12 +174,26 @@ class DiagnosticsConfig(_Section):
     )
     zero_adv_frac: float = Field(0.9, gt=0, le=1, description="Alarm when this fraction of groups has zero reward variance.")
     grad_z_threshold: float = Field(2.5, gt=0, description="ZClip-style z-score of the gradient norm that counts as a spike.")
-    window: int = Field(5, gt=0, description="Steps averaged by the detectors.")
+    window: int = Field(5, gt=0, description="Steps averaged by the detectors (the entropy baseline is the first `window` steps).")
+    warmup: int = Field(25, gt=0, description="Steps of gradient-norm statistics before spike detection starts (ZClip).")
+    reward_rise_tol: float = Field(
+        0.05, gt=0, description="Reward change over the window that counts as 'rising' (entropy and LLD rules); .inf disables."
+    )
     post_update_logprobs: bool = Field(
         True, description="One extra no-grad forward after the update, for likelihood-displacement metrics."
     )
     probe_every: int = Field(0, ge=0, description="Log-likelihood probe on reference answers every k steps (0 = off).")
     stop_on: list[str] = Field(default_factory=list, description="Alarm names that end the run (with a checkpoint).")
+
+    @field_validator("stop_on")
+    @classmethod
+    def _known_alarms(cls, names: list[str]) -> list[str]:
+        from rlkit.diagnostics.alarms import ALARM_NAMES
+
+        for name in names:
+            if name not in ALARM_NAMES:
+                raise ValueError(_unknown_name("diagnostics.stop_on", name, list(ALARM_NAMES), "alarms"))
+        return names
 
 
 class LoggingConfig(_Section):
@@ -298,7 +312,11 @@ def _format_error(err: dict[str, Any]) -> str:
     text = err.get("msg", "invalid value")
     if kind.startswith("value_error") and text.startswith("Value error, "):
         text = text[len("Value error, ") :]
-        if loc == ():
+        head = text.split(":", 1)[0]
+        if " " not in head and ":" in text:  # the validator already named the exact field
+            return f"config error at {text}"
+        first = text.split(" ", 1)[0]
+        if loc == () or (first.startswith(path) and "." in first):  # the validator named the field
             return f"config error: {text}"
     got = err.get("input")
     shown = repr(got) if not isinstance(got, dict) else "{...}"
@@ -320,24 +338,33 @@ def _parse_scalar(text: str) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (values parsed as YAML scalars/lists) to a raw dict."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form a.b.c=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = raw
-        for part in parts[:-1]:
-            if isinstance(node, list):
-                node = node[int(part)]
-                continue
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                raise ConfigError(f"override '{key}': '{part}' is not a section")
-        last = parts[-1]
-        if isinstance(node, list):
-            node[int(last)] = _parse_scalar(value)
-        else:
-            node[last] = _parse_scalar(value)
+        try:
+            _apply_override(raw, item)
+        except (IndexError, ValueError, TypeError, KeyError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"override '{item}' does not fit the config's structure: {exc}") from None
     return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form a.b.c=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = _parse_scalar(value)
+    else:
+        node[last] = _parse_scalar(value)
 
 
 def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:

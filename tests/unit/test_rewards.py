@@ -75,11 +75,6 @@ def test_math_accuracy_unparseable_gold_is_no_opinion():
     assert _call("math_accuracy", ["\\boxed{3}"], answer=[""]) == [None]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (reported): the last-number fallback overrides a wrong \\boxed{} answer when the "
-    "gold number appears later in the text (reward hacking: box one answer, mention another)",
-)
 def test_math_accuracy_wrong_boxed_answer_is_not_rescued_by_a_later_number():
     assert _call("math_accuracy", ["\\boxed{8}. Check: 3 + 4 = 7"], answer=["7"]) == [0.0]
 
