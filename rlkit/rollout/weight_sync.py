@@ -70,7 +70,14 @@ def _is_zero3(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def _gathered(params: list[nn.Parameter], zero3: bool) -> Iterator[None]:
-    """ZeRO-3: materialise full parameters for the duration of the block (read-only)."""
+    """ZeRO-3: materialise full parameters for the duration of the block (read-only).
+
+    Parameters already gathered by an enclosing `GatheredParameters` (the trainer's
+    `gathered_parameters(model)` around the whole sync) are left alone: gathering them again
+    would re-partition them on exit, under the outer block's feet.
+    """
+    if zero3:
+        params = [p for p in params if getattr(getattr(p, "ds_status", None), "name", "") == "NOT_AVAILABLE"]
     if not zero3 or not params:
         yield
         return
