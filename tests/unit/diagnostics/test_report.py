@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from chromium_probe import render
 
 from rlkit.diagnostics.report import CHARTS, read_jsonl, write_report
 
@@ -111,64 +109,17 @@ def test_write_report_empty_run_and_custom_out_dir(tmp_path):
 
 
 # ---- headless Chromium ---------------------------------------------------------------------
-CHROMIUM = "/usr/bin/chromium"
-
-# Appended to a copy of the page (the report itself ships no scripts): after load, record each
-# chart's decoded size and the number of alarm rows as attributes that --dump-dom prints.
-_PROBE = """<script>
-window.addEventListener('load', function () {
-  var r = [];
-  document.querySelectorAll('img.chart').forEach(function (i) {
-    r.push(i.id + ':' + (i.complete ? i.naturalWidth : 0) + 'x' + i.naturalHeight);
-  });
-  document.body.setAttribute('data-charts', r.join(' '));
-  document.body.setAttribute('data-alarms', document.querySelectorAll('tr.alarm').length);
-});
-</script></body>"""
-
-
-def _ensure_chromium() -> None:
-    if os.path.exists(CHROMIUM):
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
-        try:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"cannot install chromium ({' '.join(cmd)}): {exc}")
-        if res.returncode != 0:
-            pytest.skip(
-                f"cannot install chromium ({' '.join(cmd)} exit {res.returncode}): {res.stderr[-300:]}"
-            )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("apt-get installed chromium but /usr/bin/chromium is missing")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_report_renders_in_headless_chromium(tmp_path):
-    _ensure_chromium()
     run = tmp_path / "run"
     _make_run(run)
     index = write_report(run)
-    probe = tmp_path / "probe.html"
-    probe.write_text(index.read_text().replace("</body>", _PROBE))
-    profile = tmp_path / "profile"
-    cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, res.stderr[-2000:]
-    dom = res.stdout
-    m = re.search(r'data-charts="([^"]*)"', dom)
-    assert m, f"probe did not run; stderr: {res.stderr[-1000:]}"
-    sizes = dict(item.split(":") for item in m.group(1).split())
+    sizes, alarm_rows, dom = render(index, tmp_path)
     assert set(sizes) == {f"chart-{s.id}" for s in CHARTS}
-    for chart_id, wh in sizes.items():
-        w, h = (int(v) for v in wh.split("x"))
-        assert w > 0 and h > 0, f"{chart_id} did not render ({wh})"
-    assert re.search(r'data-alarms="2"', dom)
+    for chart_id, (w, h) in sizes.items():
+        assert w > 0 and h > 0, f"{chart_id} did not render ({w}x{h})"
+    assert alarm_rows == 2
     assert dom.count('class="alarm"') == 2
-    shutil.rmtree(profile, ignore_errors=True)
