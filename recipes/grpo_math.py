@@ -203,7 +203,7 @@ def train(cfg: RecipeConfig) -> Path:
             logger.alarm(alarm.to_dict())
             if alarm.name in cfg.diagnostics.stop_on:
                 stop_reason = f"alarm '{alarm.name}' is in diagnostics.stop_on"
-        if values.get("train/nonfinite_skips", 0) >= 1 and _consecutive_skips(s, values) >= 3:
+        if _consecutive_skips(s, values) >= 3:
             stop_reason = "3 consecutive steps with non-finite losses"
         if stop_reason or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0) \
                 or step == cfg.trainer.max_steps:
