@@ -102,8 +102,14 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
 
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
     from rlkit.rollout.types import SamplingConfig
-    from rlkit.trainer.loop import (compute_advantages, policy_update, rollout_metrics, score_rollouts,
-                                    seed_rollout, sync_weights)
+    from rlkit.trainer.loop import (
+        compute_advantages,
+        policy_update,
+        rollout_metrics,
+        score_rollouts,
+        seed_rollout,
+        sync_weights,
+    )
 
     r, t = cfg.rollout, cfg.trainer
     t0 = time.perf_counter()

@@ -52,7 +52,13 @@ class RunLogger:
         if self.accelerator is not None:
             self.accelerator.init_trackers(self.run_dir.name, config=config or {})
         if progress and total_steps:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

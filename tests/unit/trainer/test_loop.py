@@ -43,7 +43,7 @@ PROBLEMS = [Problem("What is 3 + 4?", "7"), Problem("What is 1 + 2?", "3")]
 
 def test_score_rollouts_sums_weighted_rewards_and_counts_accuracy():
     def exact(prompts, completions, answer, **_):
-        return [1.0 if c.strip(".") == a else 0.0 for c, a in zip(completions, answer)]
+        return [1.0 if c.strip(".") == a else 0.0 for c, a in zip(completions, answer, strict=True)]
 
     def bonus(prompts, completions, **_):
         return [None if c == "x" else 0.5 for c in completions]
