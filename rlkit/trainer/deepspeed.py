@@ -2,8 +2,9 @@
 
 Precision: master weights and optimizer state stay fp32. On GPU, DeepSpeed's bf16 mode runs
 the model in bf16. On CPU, DeepSpeed's bf16 path is not what makes things fast; rlkit keeps
-the DeepSpeed engine in fp32 and wraps the forward in `torch.autocast("cpu", bfloat16)`
-(AVX-512 BF16 roughly halves forward+backward time, see ENVIRONMENT.md).
+the DeepSpeed engine in fp32 and, where the CPU has native bf16 (AVX512-BF16/AMX), wraps the
+forward in `torch.autocast("cpu", bfloat16)` (about 2x faster there). On CPUs without it
+(`dtype: auto` resolves to fp32, rlkit/platform.py) bf16 is emulated and slower than fp32.
 
 Gradient accumulation: a mini-batch is split into a variable number of micro-batches (by
 token budget), so the accumulation boundary is set by hand on the DeepSpeed engine
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from rlkit.config import LoraConfig, ModelConfig, TrainerConfig
+from rlkit.platform import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ def build_accelerator(tcfg: TrainerConfig, mcfg: ModelConfig, trackers: list[str
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
-    bf16 = mcfg.dtype == "bfloat16" and torch.cuda.is_available()
+    bf16 = resolve_dtype(mcfg.dtype) == "bfloat16" and torch.cuda.is_available()
     if not torch.cuda.is_available():
         # torchrun (under `accelerate launch`) sets OMP_NUM_THREADS=1 per process; on a CPU
         # machine that halves training speed. Give each local process its share of the cores.
@@ -169,7 +171,7 @@ def build_policy(accelerator, model_path: str, mcfg: ModelConfig, tcfg: TrainerC
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     on_cpu = not torch.cuda.is_available()
-    autocast = torch.bfloat16 if (on_cpu and mcfg.dtype == "bfloat16") else None
+    autocast = torch.bfloat16 if (on_cpu and resolve_dtype(mcfg.dtype) == "bfloat16") else None
     n_train = sum(p.numel() for p in params)
     log.info("policy: %s | trainable params %.1fM | ZeRO-%d | autocast %s",
              model_path, n_train / 1e6, tcfg.zero_stage, autocast)
