@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VLLMEngine", "to_sampling_params"]
 
+# In-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) share vLLM's global distributed state:
+# shutting one engine core down tears that state down for every other live engine in the
+# process ("pipeline model parallel group is not initialized"). Only the last one shuts down.
+_live_inprocess_engines = 0
+
 
 def to_sampling_params(sampling: SamplingConfig, n: int, *, logprobs: bool = True) -> Any:
     """`SamplingConfig` -> `vllm.SamplingParams` for `n` samples per request."""
@@ -124,6 +129,8 @@ class VLLMEngine:
         kwargs.update(llm_kwargs)
         t0 = time.perf_counter()
         self.llm = LLM(**kwargs)
+        global _live_inprocess_engines
+        _live_inprocess_engines += 1
         log.info("vLLM engine ready in %.1f s (%s, %s)", time.perf_counter() - t0,
                  "gpu" if self.on_gpu else "cpu", dtype)
         self.tokenizer = self.llm.get_tokenizer()
@@ -232,10 +239,13 @@ class VLLMEngine:
         llm = getattr(self, "llm", None)
         if llm is None:
             return
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception as exc:  # best effort: the process may be exiting anyway
-            log.debug("vLLM engine core shutdown raised %r", exc)
+        global _live_inprocess_engines
+        _live_inprocess_engines -= 1
+        if _live_inprocess_engines <= 0:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception as exc:  # best effort: the process may be exiting anyway
+                log.debug("vLLM engine core shutdown raised %r", exc)
         self.llm = None
         import gc
 
