@@ -2,6 +2,7 @@
 
     python bench/rollout.py                      # default workload, ~8 min on 2 busy cores
     python bench/rollout.py --rounds 1 --skip-hf # a quick look
+    python bench/rollout.py --skip-hf && python bench/rollout.py --skip-vllm --merge   # in two parts
 
 Writes bench/results/rollout.json. Workload (issue 3, acceptance 4): SmolLM2-135M-Instruct (the
 embedded model), 8 arithmetic prompts x 8 samples x 64 new tokens, temperature 1.0, EOS
@@ -96,20 +97,30 @@ def bench_vllm(model_path: str, sampling, args) -> tuple[list[dict], dict]:
     raw_prompts = [TokensPrompt(prompt_token_ids=p) for p in ids]
     raw_params = to_sampling_params(sampling, args.group_size, logprobs=False)
 
-    def raw():
-        outs = llm.generate(raw_prompts, raw_params, use_tqdm=False)
+    def raw(params=raw_params):
+        outs = llm.generate(raw_prompts, params, use_tqdm=False)
         return sum(len(c.token_ids) for o in outs for c in o.outputs)
 
-    def rlkit():
-        return int(engine.generate(PROMPTS, args.group_size, sampling).completion_mask.sum())
+    def rlkit(sc=sampling):
+        return int(engine.generate(PROMPTS, args.group_size, sc).completion_mask.sum())
 
-    raw(), rlkit()  # warm-up: first calls allocate, and fill the prefix cache for both
+    # Warm-up (short rows): first calls allocate, and both fill the prefix cache with the prompts.
+    short = type(sampling)(temperature=1.0, max_new_tokens=8, ignore_eos=True)
+    raw(to_sampling_params(short, args.group_size, logprobs=False)), rlkit(short)
     recs = []
     for r in range(args.rounds):
         order = [("vllm_raw", raw), ("vllm_rlkit_engine", rlkit)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             tokens, wall, cpu, load = _timed(fn)
-            recs.append(_record(name, tokens, wall, cpu, load, round=r, torch_threads=torch.get_num_threads()))
+            extra = {}
+            if name == "vllm_rlkit_engine":
+                # Time inside the engine's own llm.generate call: the rest (templating, logprob
+                # extraction, tensor assembly) is rlkit's overhead, measured within one call,
+                # so it holds even when machine load shifts between the paired runs.
+                extra["inner_llm_generate_s"] = round(engine.last_generate_seconds, 3)
+                extra["rlkit_overhead_frac"] = round(1 - engine.last_generate_seconds / wall, 4)
+            recs.append(_record(name, tokens, wall, cpu, load, round=r,
+                                torch_threads=torch.get_num_threads(), **extra))
     engine.close()
     return recs, {"vllm_startup_s": round(startup, 1)}
 
@@ -124,6 +135,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", help="vLLM engine dtype")
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-vllm", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep runs of the parts skipped now from an existing --out (split runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rollout.json"))
     args = ap.parse_args()
@@ -143,19 +157,28 @@ def main() -> None:
     if not args.skip_hf:
         for dtype in ("float32", "bfloat16"):
             runs += bench_hf(model_path, dtype, sampling, args)
-    vllm_runs, info = bench_vllm(model_path, sampling, args)
-    runs += vllm_runs
+    info: dict = {}
+    if not args.skip_vllm:
+        vllm_runs, info = bench_vllm(model_path, sampling, args)
+        runs += vllm_runs
+    if args.merge and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        measured = {r["name"] for r in runs}
+        runs = [r for r in old.get("runs", []) if r["name"] not in measured] + runs
+        info = {**{k: v for k, v in old.items() if k == "vllm_startup_s"}, **info}
 
     def median(name: str) -> float | None:
         xs = [r["tokens_per_s"] for r in runs if r["name"] == name]
         return round(statistics.median(xs), 1) if xs else None
 
     med = {n: median(n) for n in ("vllm_raw", "vllm_rlkit_engine", "hf_float32", "hf_bfloat16")}
-    eng = med["vllm_rlkit_engine"]
+    def ratio(a: str, b: str, nd: int) -> float | None:
+        return round(med[a] / med[b], nd) if med[a] and med[b] else None
+
     ratios = {
-        "engine_vs_raw_vllm": round(eng / med["vllm_raw"], 3),
-        "engine_vs_hf_float32": round(eng / med["hf_float32"], 2) if med["hf_float32"] else None,
-        "engine_vs_hf_bfloat16": round(eng / med["hf_bfloat16"], 2) if med["hf_bfloat16"] else None,
+        "engine_vs_raw_vllm": ratio("vllm_rlkit_engine", "vllm_raw", 3),
+        "engine_vs_hf_float32": ratio("vllm_rlkit_engine", "hf_float32", 2),
+        "engine_vs_hf_bfloat16": ratio("vllm_rlkit_engine", "hf_bfloat16", 2),
     }
     import vllm
 

