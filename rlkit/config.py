@@ -185,7 +185,6 @@ class DiagnosticsConfig(_Section):
     post_update_logprobs: bool = Field(
         True, description="One extra no-grad forward after the update, for likelihood-displacement metrics."
     )
-    probe_every: int = Field(0, ge=0, description="Log-likelihood probe on reference answers every k steps (0 = off).")
     stop_on: list[str] = Field(default_factory=list, description="Alarm names that end the run (with a checkpoint).")
 
     @field_validator("stop_on")
@@ -256,6 +255,12 @@ class RecipeConfig(_Section):
             loss_names = available_losses()
             if self.loss.name not in loss_names:
                 raise ValueError(_unknown_name("loss.name", self.loss.name, loss_names, "losses"))
+        if self.regularizers:
+            raise ValueError("regularizers: not implemented yet (LLDS and positive-NLL terms are planned); "
+                             "remove the section, or put the term in a custom loss (docs/custom_loss.md)")
+        if self.model.teacher_model is not None:
+            raise ValueError("model.teacher_model: no distillation term uses a teacher yet (KDRL/PACED are "
+                             "planned); remove the field")
         kl = float(self.loss.params.get("kl_coef", 0.0) or 0.0)
         if kl < 0:
             raise ValueError(f"loss.params.kl_coef is {kl}; must be >= 0")
