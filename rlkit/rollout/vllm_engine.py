@@ -51,7 +51,10 @@ __all__ = ["VLLMEngine", "to_sampling_params"]
 # In-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) share vLLM's global distributed state:
 # shutting one engine core down tears that state down for every other live engine in the
 # process ("pipeline model parallel group is not initialized"). Only the last one shuts down.
+# Dropping an LLM object also shuts its core down (vLLM's finalizers), so a closed engine is
+# parked here while others live, and released with the last one.
 _live_inprocess_engines = 0
+_parked: list[Any] = []
 
 
 def to_sampling_params(sampling: SamplingConfig, n: int, *, logprobs: bool = True) -> Any:
@@ -177,7 +180,14 @@ class VLLMEngine:
                 toks = list(comp.token_ids)
                 row_ids.append(toks)
                 row_lps.append(_sampled_logprobs(comp.logprobs, toks))
-                row_texts.append(comp.text)
+                # vLLM's incremental detokenizer can differ from a plain decode of the same ids
+                # (held-back partial UTF-8 at a length cut, merged punctuation). Rewards should
+                # see what the ids say, as with the HF engine: decode them, except when a stop
+                # string ended the row, where vLLM's text is already cut before the string.
+                if isinstance(comp.stop_reason, str):
+                    row_texts.append(comp.text)
+                else:
+                    row_texts.append(self.tokenizer.decode(toks, skip_special_tokens=True))
                 reason = comp.finish_reason or "abort"
                 reasons.append(reason if reason in FINISH_REASONS else "abort")
         return RolloutBatch.from_rows(
@@ -241,11 +251,15 @@ class VLLMEngine:
             return
         global _live_inprocess_engines
         _live_inprocess_engines -= 1
-        if _live_inprocess_engines <= 0:
-            try:
-                llm.llm_engine.engine_core.shutdown()
-            except Exception as exc:  # best effort: the process may be exiting anyway
-                log.debug("vLLM engine core shutdown raised %r", exc)
+        if _live_inprocess_engines > 0:
+            _parked.append(llm)
+        else:
+            for other in [*_parked, llm]:
+                try:
+                    other.llm_engine.engine_core.shutdown()
+                except Exception as exc:  # best effort: the process may be exiting anyway
+                    log.debug("vLLM engine core shutdown raised %r", exc)
+            _parked.clear()
         self.llm = None
         import gc
 
