@@ -55,6 +55,7 @@ def setup(cfg: RecipeConfig):
     ref_model = None
     if getattr(loss_fn, "kl_coef", 0.0):
         ref_model = load_causal_lm(resolve_model(cfg.model.ref_model or cfg.model.name_or_path), trainable=False)
+        ref_model.to(accelerator.device)  # the policy's device (DeepSpeed moved the policy there)
 
     r = cfg.rollout
     engine = build_engine(

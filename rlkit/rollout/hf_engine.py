@@ -90,17 +90,23 @@ class HFEngine:
         dtype: str = "float32",
         seed: int = 0,
         chat_template: bool = True,
-        device: str = "cpu",
+        device: str = "auto",
         tokenizer: Any = None,
     ) -> None:
+        """`device`: "auto" = the current CUDA device when there is one (else the CPU) for a
+        model loaded from a path, the model's own device for a module; or any torch device."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, Path)):
+            if device == "auto":
+                device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
             self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=_DTYPES[dtype])
             self.model.to(device)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
         else:
             self.model = unwrap_model(model)
+            if device == "auto":
+                device = next(self.model.parameters()).device
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(self.model.config._name_or_path)
         self.model.eval()

@@ -168,8 +168,8 @@ def batch_logprobs(model, batch: RolloutBatch, fs: ForwardSettings, autocast) ->
         with autocast():
             out = compute_logprobs(model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
                                    chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=True)
-        logp[rows] = _pad_t(out.logprobs.float(), t)
-        ent[rows] = _pad_t(out.entropy.float(), t)
+        logp[rows] = _pad_t(out.logprobs.float().cpu(), t)
+        ent[rows] = _pad_t(out.entropy.float().cpu(), t)
     return logp, ent
 
 
@@ -220,12 +220,15 @@ def policy_update(
                         ref_lp = compute_logprobs(ref_model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
                                                   chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=False).logprobs.float()
                 adv = advantages[rows] if advantages.dim() == 1 else advantages[rows, :tt]
+                dev = out.logprobs.device  # the model's; the rollout tensors live on the CPU
                 inputs = LossInputs(
-                    logprobs=out.logprobs.float(), mask=fb.completion_mask, advantages=adv,
-                    old_logprobs=None if old_logprobs is None else old_logprobs[rows, :tt],
-                    engine_logprobs=batch.engine_logprobs[rows, :tt], ref_logprobs=ref_lp,
+                    logprobs=out.logprobs.float(), mask=fb.completion_mask.to(dev), advantages=adv.to(dev),
+                    old_logprobs=None if old_logprobs is None else old_logprobs[rows, :tt].to(dev),
+                    engine_logprobs=batch.engine_logprobs[rows, :tt].to(dev),
+                    ref_logprobs=None if ref_lp is None else ref_lp.to(dev),
                     entropy=None if out.entropy is None else out.entropy.float(),
-                    rewards=None if batch.rewards is None else batch.rewards[rows], group_ids=fb.group_ids,
+                    rewards=None if batch.rewards is None else batch.rewards[rows].to(dev),
+                    group_ids=fb.group_ids.to(dev),
                 )
                 result = loss_fn(inputs)
                 share = (float(fb.completion_mask.sum()) if token_level else float(len(rows))) / max(denom, 1.0)
@@ -238,8 +241,8 @@ def policy_update(
                 new = ~seen[rows]
                 if new.any():
                     idx = rows[new]
-                    first_lp[idx] = _pad_t(out.logprobs.detach().float()[new], t)
-                    first_ent[idx] = _pad_t(out.entropy.detach().float()[new], t)
+                    first_lp[idx] = _pad_t(out.logprobs.detach().float().cpu()[new], t)
+                    first_ent[idx] = _pad_t(out.entropy.detach().float().cpu()[new], t)
                     seen[idx] = True
                 for key, val in result.metrics.items():
                     sums[key] = sums.get(key, 0.0) + share * float(val)

@@ -19,6 +19,8 @@ from the last *prefix* token, not from the token before it in the packed row.
 
 Both paths return logprobs in the same [N, T] layout: logprobs[i, t] =
 log p(completion[i, t] | prompt, completion[i, :t]), 0 where the mask is False.
+The batch is moved to the model's device first (rollouts arrive on the CPU); the outputs stay
+on the model's device.
 """
 
 from __future__ import annotations
@@ -76,6 +78,19 @@ class ForwardBatch:
         T = self.completion_mask.shape[1]
         t1 = torch.arange(1, T + 1, device=self.completion_mask.device)  # [T]
         return (self.completion_mask * t1).amax(-1)  # [N]
+
+    def to(self, device: torch.device | str) -> ForwardBatch:
+        """This batch with its tensors on `device` (itself when they are already there)."""
+        device = torch.device(device)
+        if self.completion_ids.device == device:
+            return self
+        return ForwardBatch(
+            prompt_ids=self.prompt_ids,
+            completion_ids=self.completion_ids.to(device),
+            completion_mask=self.completion_mask.to(device),
+            group_ids=self.group_ids.to(device),
+            prompt_index=self.prompt_index.to(device),
+        )
 
     def select(self, rows: Tensor) -> ForwardBatch:
         """Micro-batch of `rows` [n] carrying only the prompts those rows use."""
@@ -184,6 +199,12 @@ def shared_prefix_layout(batch: ForwardBatch, pad_id: int = 0) -> PackedLayout:
     return PackedLayout(ids, pos, mask[:, None], src, fits & batch.completion_mask)
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights live (rollout batches arrive on the CPU)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _attn_implementation(model: nn.Module) -> str | None:
     return getattr(getattr(_unwrap(model), "config", None), "_attn_implementation", None)
 
@@ -233,6 +254,7 @@ def plain_logprobs(
     entropy_grad: bool = False,
 ) -> ForwardOutput:
     """Reference forward: one [prompt; completion] row per completion."""
+    batch = batch.to(_model_device(model))
     return logprobs_from_layout(
         model, plain_layout(batch, pad_id), batch, temperature=temperature,
         chunk_size=chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad,
@@ -259,6 +281,7 @@ def shared_prefix_logprobs(
         raise ValueError(
             f"trainer.shared_prefix needs attn_implementation 'sdpa' or 'eager' (a 4D mask), got {attn!r}"
         )
+    batch = batch.to(_model_device(model))
     return logprobs_from_layout(
         model, shared_prefix_layout(batch, pad_id), batch, temperature=temperature,
         chunk_size=chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad,
