@@ -48,6 +48,10 @@ def setup(cfg: RecipeConfig):
     run_dir = Path(cfg.run.output_dir)
     torch.manual_seed(cfg.trainer.seed)
     accelerator = build_accelerator(cfg.trainer, cfg.model, list(cfg.logging.trackers), str(run_dir))
+    if cfg.rollout.prompts_per_step % accelerator.num_processes:
+        raise ConfigError(f"rollout.prompts_per_step: {cfg.rollout.prompts_per_step} prompts cannot be split "
+                          f"evenly over {accelerator.num_processes} processes; use a multiple of "
+                          f"{accelerator.num_processes}")
     model_path = resolve_model(cfg.model.name_or_path)
     policy = build_policy(accelerator, model_path, cfg.model, cfg.trainer)
 
@@ -71,7 +75,7 @@ def setup(cfg: RecipeConfig):
     d = cfg.diagnostics
     monitor = AlarmMonitor(entropy_collapse_frac=d.entropy_collapse_frac, zero_adv_frac=d.zero_adv_frac,
                            grad_z_threshold=d.grad_z_threshold, window=d.window, warmup=d.warmup,
-                           reward_rise_tol=d.reward_rise_tol)
+                           reward_rise_tol=d.reward_rise_tol, converged_frac=d.converged_frac)
     pad_id = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
     fs = ForwardSettings(temperature=max(r.temperature, 1e-5), chunk_size=cfg.trainer.logprob_chunk_size,
                          pad_id=pad_id, shared_prefix=cfg.trainer.shared_prefix,
@@ -105,29 +109,52 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
     from rlkit.rollout.types import SamplingConfig
     from rlkit.trainer.loop import (
+        all_across_ranks,
+        collect_rollouts,
         compute_advantages,
+        mean_across_ranks,
         policy_update,
+        rank_shard,
         rollout_metrics,
         score_rollouts,
         seed_rollout,
         sync_weights,
     )
 
-    r, t = cfg.rollout, cfg.trainer
+    r, t, acc = cfg.rollout, cfg.trainer, s["accelerator"]
     t0 = time.perf_counter()
-    problems = [s["train_problems"][i] for i in s["sampler"].next_indices(r.prompts_per_step)]
-    seed_rollout(t.seed, step)
-    batch = s["engine"].generate(
-        [p.prompt for p in problems], r.group_size,
-        SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                       max_new_tokens=r.max_new_tokens, stop=list(r.stop)))
-    t1 = time.perf_counter()
+    sampling = SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                              max_new_tokens=r.max_new_tokens, stop=list(r.stop))
+    mine: list[int] = []  # indices of the prompts this rank drew this step
+    score_seconds = 0.0
 
-    scored = score_rollouts(batch, problems, s["reward_fns"])
+    def draw():
+        # Every rank draws the same indices (one sampler state) and keeps its share of them.
+        share = rank_shard(s["sampler"].next_indices(r.prompts_per_step), acc.process_index, acc.num_processes)
+        mine.extend(share)
+        return [s["train_problems"][i] for i in share]
+
+    def generate(problems):
+        return s["engine"].generate([p.prompt for p in problems], r.group_size, sampling)
+
+    def score(batch, problems):
+        nonlocal score_seconds
+        ts = time.perf_counter()
+        scored = score_rollouts(batch, problems, s["reward_fns"])
+        score_seconds += time.perf_counter() - ts
+        return scored
+
+    seed_rollout(t.seed, step, acc.process_index)
+    got = collect_rollouts(draw, generate, score, dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds,
+                           pad_id=s["fs"].pad_id, all_ranks=lambda done: all_across_ranks(acc, done))
+    batch, problems, scored = got.batch, got.problems, got.scored
     batch.rewards = scored.rewards
+    generate_seconds = time.perf_counter() - t0 - score_seconds
+    ts = time.perf_counter()
     advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, scored.rewards,
                                     batch.group_ids, batch.completion_mask)
     t2 = time.perf_counter()
+    score_seconds += t2 - ts
 
     old = batch.engine_logprobs if t.use_engine_logprobs else None
     if old is None and (t.num_iterations > 1 or t.mini_batches > 1):
@@ -144,7 +171,7 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
 
         s["sync_diff"] = engine_weight_mismatch(s["engine"], s["policy"])
 
-    metrics = {**rollout_metrics(batch, scored), **update.metrics}
+    metrics = {**rollout_metrics(batch, scored), **got.metrics, **update.metrics}
     if cfg.diagnostics.enabled:
         new_lp = None
         if cfg.diagnostics.post_update_logprobs:
@@ -160,15 +187,27 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
     metrics.update({
         "train/grad_norm": s["policy"].grad_norm() or float("nan"), "train/lr": s["policy"].lr(),
         "train/nonfinite_skips": update.nonfinite_skips,
-        "time/generate": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2, "time/sync": sync_seconds,
-        "time/step": time.perf_counter() - t0, "rollout/tokens_per_s": float(batch.completion_lengths.sum()) / (t1 - t0),
+        "time/generate": generate_seconds, "time/score": score_seconds, "time/train": t3 - t2, "time/sync": sync_seconds,
+        "time/step": time.perf_counter() - t0, "rollout/tokens_per_s": float(batch.completion_lengths.sum()) / generate_seconds,
     })
     if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
         s["samples"] = [{"prompt": problems[i // r.group_size].prompt, "completion": batch.completion_texts[i],
                          "reward": float(scored.rewards[i])} for i in range(0, len(batch.completion_texts), r.group_size)]
     if "sync_diff" in s:
         metrics["train/sync_max_abs_diff"] = s.pop("sync_diff")
+    metrics = mean_across_ranks(acc, metrics, weight=len(mine))
+    metrics["rollout/distinct_prompts"] = _distinct_across_ranks(acc, mine)
     return metrics
+
+
+def _distinct_across_ranks(accelerator, indices: list[int]) -> int:
+    """How many different prompts all ranks together trained on this step (= prompts_per_step
+    unless ranks duplicate work)."""
+    if accelerator.num_processes == 1:
+        return len(set(indices))
+    from accelerate.utils import gather_object
+
+    return len(set(gather_object(list(indices))))
 
 
 # ----------------------------------------------------------------------------- loop
@@ -192,7 +231,7 @@ def train(cfg: RecipeConfig) -> Path:
     do_eval = ev.enabled and s["eval_problems"]
     if do_eval and start == 0:
         logger.log(0, evaluate(engine, s["eval_problems"], s["reward_fns"][0], max_new_tokens=ev.max_new_tokens,
-                               seed=cfg.trainer.seed))
+                               seed=cfg.trainer.seed, accelerator=s["accelerator"]))
 
     def checkpoint(step: int) -> None:
         save_checkpoint(s["accelerator"], run_dir, step,
@@ -204,7 +243,8 @@ def train(cfg: RecipeConfig) -> Path:
         metrics = train_step(cfg, s, step)
         if do_eval and ev.every and step % ev.every == 0 and step != cfg.trainer.max_steps:
             metrics.update(evaluate(engine, s["eval_problems"], s["reward_fns"][0],
-                                    max_new_tokens=ev.max_new_tokens, seed=cfg.trainer.seed))
+                                    max_new_tokens=ev.max_new_tokens, seed=cfg.trainer.seed,
+                                    accelerator=s["accelerator"]))
         values = logger.log(step, metrics)
         logger.samples(step, s.pop("samples", []))
         for alarm in s["monitor"].update(step, values):
@@ -222,7 +262,8 @@ def train(cfg: RecipeConfig) -> Path:
 
     if do_eval and not stop_reason:
         logger.log(cfg.trainer.max_steps, evaluate(engine, s["eval_problems"], s["reward_fns"][0],
-                                                   max_new_tokens=ev.max_new_tokens, seed=cfg.trainer.seed))
+                                                   max_new_tokens=ev.max_new_tokens, seed=cfg.trainer.seed,
+                                                   accelerator=s["accelerator"]))
     if cfg.trainer.export_final and not stop_reason:
         export_model(policy, engine.tokenizer, run_dir / "final_model", merge_lora=cfg.trainer.merge_lora_on_export)
     logger.close()
@@ -246,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"run directory: {train(cfg)}")
+    try:
+        run_dir = train(cfg)
+    except ConfigError as exc:  # a setting only checkable at launch (e.g. against the process count)
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"run directory: {run_dir}")
     return 0
 
 

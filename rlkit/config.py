@@ -108,6 +108,14 @@ class RolloutConfig(_Section):
     cpu_kvcache_gib: int = Field(2, ge=1, description="CPU: KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE).")
     enforce_eager: bool = Field(False, description="Disable vLLM graph compilation (faster start, slower decode).")
     chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template.")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) "
+                           "and draw more prompts until prompts_per_step informative groups are kept."
+    )
+    max_sampling_rounds: int = Field(
+        4, ge=1, description="Dynamic sampling: most prompt draws per step (verl's max_num_gen_batches); "
+                             "when they run out the step trains on the informative groups found."
+    )
 
 
 class RewardSpec(_Section):
@@ -181,6 +189,10 @@ class DiagnosticsConfig(_Section):
     warmup: int = Field(25, gt=0, description="Steps of gradient-norm statistics before spike detection starts (ZClip).")
     reward_rise_tol: float = Field(
         0.05, gt=0, description="Reward change over the window that counts as 'rising' (entropy and LLD rules); .inf disables."
+    )
+    converged_frac: float = Field(
+        0.75, gt=0, le=1, description="Share of the starting accuracy headroom (1 - initial accuracy) closed, "
+                                     "at which low entropy counts as convergence (no entropy alarm)."
     )
     post_update_logprobs: bool = Field(
         True, description="One extra no-grad forward after the update, for likelihood-displacement metrics."

@@ -45,6 +45,7 @@ _KEYS = {
     "diag/zero_adv_all_wrong_frac": "all_wrong",
     "diag/logp_delta_pos": "lpos",
     "diag/logp_delta_neg": "lneg",
+    "rollout/accuracy": "accuracy",
 }
 _STATE_VERSION = 1
 
@@ -98,6 +99,10 @@ class AlarmMonitor:
         warmup: gradient-norm steps that initialise the ZClip mean/variance (ZClip: 25).
         reward_rise_tol: fitted reward change over the window above which reward "rises";
             at or below it reward "plateaus" (reward units; 0.05 = 5 points of accuracy).
+        converged_frac: share of the starting accuracy headroom (1 - A0, A0 = mean
+            `rollout/accuracy` of the first `window` steps) that the window-mean accuracy has
+            closed, at or above which low entropy counts as convergence, not collapse, and
+            `entropy_collapse` stays quiet.
         lld_tol: |Δ logprob| per token (nats) treated as zero by the LLD rules.
         lld_accel: ratio of late-window to early-window decrease that counts as accelerating.
         zclip_alpha: EMA factor of the gradient-norm mean/variance (ZClip: 0.97).
@@ -112,6 +117,7 @@ class AlarmMonitor:
         window: int = 5,
         warmup: int = 25,
         reward_rise_tol: float = 0.05,
+        converged_frac: float = 0.75,
         lld_tol: float = 1e-4,
         lld_accel: float = 2.0,
         zclip_alpha: float = 0.97,
@@ -130,12 +136,14 @@ class AlarmMonitor:
         self.window = window
         self.warmup = warmup
         self.reward_rise_tol = reward_rise_tol
+        self.converged_frac = converged_frac
         self.lld_tol = lld_tol
         self.lld_accel = lld_accel
         self.zclip_alpha = zclip_alpha
         self._hist: dict[str, list[float]] = {name: [] for name in _KEYS.values()}
         self._entropy_init: list[float] = []  # first `window` entropy values
         self._entropy_h0: float | None = None
+        self._acc_init: list[float] = []  # first `window` accuracy values
         self._zclip: dict = {"buffer": [], "mean": None, "var": None}
         self._active: dict[str, bool] = {name: False for name in ALARM_NAMES}
         self._clear_streak: dict[str, int] = {name: 0 for name in ALARM_NAMES}
@@ -146,6 +154,8 @@ class AlarmMonitor:
         vals = {_KEYS[k]: float(v) for k, v in metrics.items() if k in _KEYS and _is_num(v)}
         if "reward" not in vals and _is_num(metrics.get("rollout/accuracy")):
             vals["reward"] = float(metrics["rollout/accuracy"])
+        if "accuracy" in vals and len(self._acc_init) < self.window:
+            self._acc_init.append(vals["accuracy"])
         for name, v in vals.items():
             hist = self._hist[name]
             hist.append(v)
@@ -175,6 +185,7 @@ class AlarmMonitor:
             "hist": {k: list(v) for k, v in self._hist.items()},
             "entropy_init": list(self._entropy_init),
             "entropy_h0": self._entropy_h0,
+            "acc_init": list(self._acc_init),
             "zclip": {**self._zclip, "buffer": list(self._zclip["buffer"])},
             "active": dict(self._active),
             "clear_streak": dict(self._clear_streak),
@@ -188,6 +199,7 @@ class AlarmMonitor:
         self._hist = {k: list(s["hist"].get(k, [])) for k in _KEYS.values()}
         self._entropy_init = list(s["entropy_init"])
         self._entropy_h0 = s["entropy_h0"]
+        self._acc_init = list(s.get("acc_init", []))
         self._zclip = {**s["zclip"], "buffer": list(s["zclip"]["buffer"])}
         self._active = {n: bool(s["active"].get(n, False)) for n in ALARM_NAMES}
         self._clear_streak = {n: int(s["clear_streak"].get(n, 0)) for n in ALARM_NAMES}
@@ -244,7 +256,7 @@ class AlarmMonitor:
         )
         message = (
             f"Entropy collapse: {why}, while {reward_txt}. The policy is becoming near-deterministic "
-            "before reward improves: once entropy is spent, exploration stops and reward plateaus "
+            "while reward has stopped rising: once entropy is spent, exploration stops and reward plateaus "
             "(Cui et al., arXiv 2505.22617)."
         )
         action = (
@@ -252,7 +264,16 @@ class AlarmMonitor:
             "lower the learning rate if the fall is abrupt; consider covariance-based entropy "
             "control (Clip-Cov / KL-Cov) or a small positive entropy bonus"
         )
-        return _Finding((level or trend) and plateau, h, message, action)
+        return _Finding((level or trend) and plateau and not self._converged(), h, message, action)
+
+    def _converged(self) -> bool:
+        """Accuracy has closed `converged_frac` of its starting headroom: a policy that now
+        answers (nearly) everything right is meant to be near-deterministic."""
+        acc, a0 = self._hist["accuracy"], self._acc_init
+        if not acc or len(a0) < self.window:
+            return False
+        start = _mean(a0)
+        return _mean(acc) >= start + self.converged_frac * (1.0 - start)
 
     def _check_zero_adv(self) -> _Finding | None:
         """Window mean of zero_adv_frac > threshold (needs `window` values)."""

@@ -149,3 +149,53 @@ class RolloutBatch:
             completion_texts=texts,
             finish_reason=finish_reason,
         )
+
+    def select_groups(self, groups: Sequence[int]) -> RolloutBatch:
+        """The rows of the given prompts (indices into this batch's B, in the order given),
+        renumbered as prompts 0..k-1, padding trimmed to the longest kept row."""
+        g = self.group_size
+        rows = torch.tensor([b * g + j for b in groups for j in range(g)], dtype=torch.long)  # [k*G]
+        t = int(self.completion_mask[rows].sum(-1).max()) if len(rows) else 0
+        prompt_index = torch.arange(len(groups)).repeat_interleave(g)  # [k*G]
+        return RolloutBatch(
+            prompt_ids=[self.prompt_ids[b] for b in groups],
+            prompt_texts=[self.prompt_texts[b] for b in groups],
+            completion_ids=self.completion_ids[rows, :t],
+            completion_mask=self.completion_mask[rows, :t],
+            engine_logprobs=self.engine_logprobs[rows, :t],
+            group_ids=prompt_index.clone(),
+            prompt_index=prompt_index,
+            completion_texts=[self.completion_texts[i] for i in rows.tolist()],
+            finish_reason=[self.finish_reason[i] for i in rows.tolist()],
+            rewards=None if self.rewards is None else self.rewards[rows],
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+        """One batch of all prompts of `batches` (same group size), in order, re-padded to the
+        longest row; prompts are renumbered 0..B-1."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        g = {b.group_size for b in batches if b.num_prompts}
+        if len(g) > 1:
+            raise ValueError(f"cannot concatenate batches of different group sizes {sorted(g)}")
+        t = max(b.completion_ids.shape[1] for b in batches)
+
+        def pad(x: Tensor, value) -> Tensor:
+            return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+        n_prompts = sum(b.num_prompts for b in batches)
+        prompt_index = torch.arange(n_prompts).repeat_interleave(g.pop() if g else 0)
+        rewards = [b.rewards for b in batches]
+        return cls(
+            prompt_ids=[p for b in batches for p in b.prompt_ids],
+            prompt_texts=[p for b in batches for p in b.prompt_texts],
+            completion_ids=torch.cat([pad(b.completion_ids, pad_id) for b in batches]),
+            completion_mask=torch.cat([pad(b.completion_mask, False) for b in batches]),
+            engine_logprobs=torch.cat([pad(b.engine_logprobs, 0.0) for b in batches]),
+            group_ids=prompt_index.clone(),
+            prompt_index=prompt_index,
+            completion_texts=[c for b in batches for c in b.completion_texts],
+            finish_reason=[f for b in batches for f in b.finish_reason],
+            rewards=None if any(r is None for r in rewards) else torch.cat(rewards),
+        )

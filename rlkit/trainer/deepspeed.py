@@ -69,6 +69,13 @@ class Policy:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
 
+    def max_across_ranks(self, n: int) -> int:
+        """The largest `n` over data-parallel ranks (`n` itself on one process)."""
+        if self.accelerator.num_processes == 1:
+            return n
+        counts = self.accelerator.gather(torch.tensor([n], device=self.accelerator.device))
+        return int(counts.max())
+
     def grad_norm(self) -> float | None:
         norm = getattr(self.model, "get_global_grad_norm", lambda: None)()
         if norm is None:
@@ -97,7 +104,7 @@ def _ds_config(tcfg: TrainerConfig, *, bf16: bool) -> dict:
 
 def build_accelerator(tcfg: TrainerConfig, mcfg: ModelConfig, trackers: list[str], project_dir: str):
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     bf16 = resolve_dtype(mcfg.dtype) == "bfloat16" and torch.cuda.is_available()
     if not torch.cuda.is_available():
@@ -110,10 +117,17 @@ def build_accelerator(tcfg: TrainerConfig, mcfg: ModelConfig, trackers: list[str
     # accelerate would otherwise report as conflicting with the config dict built here.
     os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
     plugin = DeepSpeedPlugin(hf_ds_config=_ds_config(tcfg, bf16=bf16))
+    handlers = []
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # With DeepSpeed on CPU ranks accelerate picks no backend: DeepSpeed still forms the
+        # N-rank group, but accelerate reports 1 process, rank 0, on every rank (each then
+        # acts as the main process). Naming gloo makes it read the group's size and rank.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     return Accelerator(
         deepspeed_plugin=plugin,
         log_with=trackers or None,
         project_dir=project_dir,
+        kwargs_handlers=handlers,
     )
 
 

@@ -52,6 +52,22 @@ class ScoredRollouts:
     failures: dict[str, int]        # reward name -> calls that raised (rows scored 0)
     missing: dict[str, int]         # reward name -> rows that returned None
 
+    def select(self, rows: Tensor) -> ScoredRollouts:
+        """These rows' scores; the failure and missing counts stay those of the whole call."""
+        return ScoredRollouts(self.rewards[rows], {k: v[rows] for k, v in self.columns.items()},
+                              self.correct[rows], dict(self.failures), dict(self.missing))
+
+    @staticmethod
+    def concat(parts: Sequence[ScoredRollouts]) -> ScoredRollouts:
+        """Rows of all parts in order; failure and missing counts summed."""
+        return ScoredRollouts(
+            torch.cat([p.rewards for p in parts]),
+            {k: torch.cat([p.columns[k] for p in parts]) for k in parts[0].columns},
+            torch.cat([p.correct for p in parts]),
+            {k: sum(p.failures[k] for p in parts) for k in parts[0].failures},
+            {k: sum(p.missing[k] for p in parts) for k in parts[0].missing},
+        )
+
 
 def score_rollouts(batch: RolloutBatch, problems: Sequence[Problem], reward_fns: Sequence[RewardFunction]) -> ScoredRollouts:
     """Call every reward function once on the whole batch; a failing function is logged,
@@ -82,6 +98,75 @@ def score_rollouts(batch: RolloutBatch, problems: Sequence[Problem], reward_fns:
         total += rf.weight * col
     first = columns[reward_fns[0].name]
     return ScoredRollouts(total, columns, first >= 1.0, failures, missing)
+
+
+def informative_groups(rewards: Tensor, group_size: int) -> list[int]:
+    """Prompts whose G rewards are not all equal: the only groups a group-relative advantage
+    learns from (all-correct and all-wrong groups get zero advantage). rewards: [B*G]."""
+    r = rewards.view(-1, group_size)  # [B, G]
+    return torch.nonzero(r.amax(-1) > r.amin(-1)).flatten().tolist()
+
+
+@dataclass
+class Collected:
+    """What one step trains on, after optional dynamic sampling."""
+
+    batch: RolloutBatch
+    problems: list[Problem]
+    scored: ScoredRollouts
+    metrics: dict[str, float]
+
+
+def collect_rollouts(
+    draw: Callable[[], list[Problem]],
+    generate: Callable[[list[Problem]], RolloutBatch],
+    score: Callable[[RolloutBatch, list[Problem]], ScoredRollouts],
+    *,
+    dynamic: bool,
+    max_rounds: int,
+    pad_id: int,
+    all_ranks: Callable[[bool], bool] = lambda done: done,
+) -> Collected:
+    """Draw prompts, sample and score them; with `dynamic` (DAPO's dynamic sampling), keep only
+    informative groups and draw again until as many prompts as one draw gives are kept, or
+    `max_rounds` draws were made.
+
+    If the rounds run out, the step trains on the informative groups found (fewer prompts), or,
+    with none, on the last draw as it is (all advantages zero: no policy gradient). `all_ranks`
+    combines each rank's "done" so ranks draw in lockstep from their shared sampler.
+    """
+    problems = draw()
+    batch = generate(problems)
+    scored = score(batch, problems)
+    if not dynamic:
+        return Collected(batch, problems, scored, {})
+    want, g = len(problems), batch.group_size
+    kept: list[tuple[RolloutBatch, list[Problem], ScoredRollouts]] = []
+    n_kept, rounds, generated = 0, 1, len(problems)
+    while True:
+        keep = informative_groups(scored.rewards, g)[: want - n_kept]
+        if keep:
+            rows = torch.tensor([b * g + j for b in keep for j in range(g)], dtype=torch.long)
+            kept.append((batch.select_groups(keep), [problems[b] for b in keep], scored.select(rows)))
+            n_kept += len(keep)
+        if all_ranks(n_kept >= want or rounds >= max_rounds):
+            break
+        problems = draw()  # every rank draws, so the sampler stays one state across ranks
+        rounds += 1
+        if n_kept < want:
+            batch = generate(problems)
+            scored = score(batch, problems)
+            generated += len(problems)
+        else:  # this rank is full; others still sample
+            batch, scored = batch.select_groups([]), scored.select(torch.zeros(0, dtype=torch.long))
+    metrics = {"rollout/dynamic_rounds": float(rounds), "rollout/dynamic_kept_frac": n_kept / want,
+               "rollout/dynamic_informative_frac": n_kept / generated}
+    if not kept:
+        log.warning("dynamic sampling: no informative group in %d rounds; training on the last draw "
+                    "(all advantages are zero)", rounds)
+        return Collected(batch, problems, scored, metrics)
+    return Collected(RolloutBatch.concat([k[0] for k in kept], pad_id=pad_id), [p for k in kept for p in k[1]],
+                     ScoredRollouts.concat([k[2] for k in kept]), metrics)
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -206,6 +291,10 @@ def policy_update(
     for _ in range(num_iterations):
         for mini in split_rows(batch, mini_batches):
             micros = micro_batches(mini, batch, fs.micro_batch_tokens, shared_prefix=fs.shared_prefix)
+            # ZeRO reduces gradients inside every backward, so all ranks must run as many
+            # micro-batches; a rank with fewer (shorter rows) adds zero-weighted repeats.
+            real = len(micros)
+            micros += [torch.tensor([0])] * (policy.max_across_ranks(real) - real)
             denom = float(batch.completion_mask[mini].sum()) if token_level else float(len(mini))
             for k, rows in enumerate(micros):
                 fb = forward_batch(batch, rows)
@@ -232,6 +321,8 @@ def policy_update(
                 )
                 result = loss_fn(inputs)
                 share = (float(fb.completion_mask.sum()) if token_level else float(len(rows))) / max(denom, 1.0)
+                if k >= real:  # a padding micro-batch: gradient and metrics count zero
+                    share = 0.0
                 loss = result.loss * share
                 if not torch.isfinite(loss):
                     skips += 1
@@ -239,7 +330,7 @@ def policy_update(
                     loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
                 policy.backward(loss, boundary=k == len(micros) - 1)
                 new = ~seen[rows]
-                if new.any():
+                if new.any() and k < real:
                     idx = rows[new]
                     first_lp[idx] = _pad_t(out.logprobs.detach().float().cpu()[new], t)
                     first_ent[idx] = _pad_t(out.entropy.detach().float().cpu()[new], t)
@@ -309,25 +400,67 @@ def engine_weight_mismatch(engine, policy) -> float:
     return worst if compared else float("nan")
 
 
-def seed_rollout(seed: int, step: int) -> None:
+def seed_rollout(seed: int, step: int, rank: int = 0) -> None:
     """Seed the sampling RNG for this step, so a resumed run samples what a straight one does.
 
     The in-process vLLM engine (and transformers.generate) draw from torch's global generator,
-    so seeding it per step makes each step's samples a function of (seed, step) alone.
+    so seeding it per step makes each step's samples a function of (seed, step, rank) alone.
+    Each data-parallel rank gets its own stream (rank 0 keeps the single-process one).
     """
-    torch.manual_seed(seed * 1_000_003 + step)
+    torch.manual_seed(seed * 1_000_003 + step + rank * 7_919_000_003)
 
 
-def evaluate(engine, problems: Sequence[Problem], reward_fn: RewardFunction, *, max_new_tokens: int, seed: int) -> dict[str, float]:
-    """Greedy accuracy on held-out problems, scored by the first (correctness) reward."""
-    if not problems:
-        return {}
-    seed_rollout(seed, -1)
-    batch = engine.generate([p.prompt for p in problems], 1, SamplingConfig(greedy=True, temperature=0.0,
+def rank_shard(items: Sequence, rank: int, world: int) -> list:
+    """This rank's share of a list that every rank holds in the same order: items rank, rank+world, ...
+
+    Every rank draws the step's prompts from one sampler (so its state stays one checkpointable
+    value) and keeps its share, so ranks never duplicate work."""
+    return list(items[rank::world])
+
+
+def all_across_ranks(accelerator, flag: bool) -> bool:
+    """True when `flag` is True on every data-parallel rank (`flag` on one process)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import gather_object
+
+    return all(gather_object([bool(flag)]))
+
+
+def mean_across_ranks(accelerator, metrics: dict[str, float], weight: float = 1.0) -> dict[str, float]:
+    """Weighted mean of each scalar metric over data-parallel ranks (identity on one process).
+
+    A key missing on some rank is averaged over the ranks that have it. Weights are e.g. the
+    number of rows a rank's metrics describe, so a mean of means equals the global mean."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return metrics
+    from accelerate.utils import gather_object
+
+    per_rank = gather_object([(weight, metrics)])
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for _, m in per_rank for k in m):
+        pairs = [(w, m[key]) for w, m in per_rank if key in m]
+        total = sum(w for w, _ in pairs)
+        out[key] = sum(w * v for w, v in pairs) / total if total else float("nan")
+    return out
+
+
+def evaluate(engine, problems: Sequence[Problem], reward_fn: RewardFunction, *, max_new_tokens: int, seed: int,
+             accelerator=None) -> dict[str, float]:
+    """Greedy accuracy on held-out problems, scored by the first (correctness) reward.
+
+    With several processes each rank decodes its share and the accuracies are combined."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = rank_shard(problems, rank, world)
+    metrics: dict[str, float] = {}
+    if mine:
+        seed_rollout(seed, -1, rank)
+        batch = engine.generate([p.prompt for p in mine], 1, SamplingConfig(greedy=True, temperature=0.0,
                                                                              max_new_tokens=max_new_tokens))
-    scored = score_rollouts(batch, problems, [reward_fn])
-    return {"eval/accuracy": float(scored.correct.float().mean()),
-            "eval/completion_len": float(batch.completion_lengths.float().mean())}
+        scored = score_rollouts(batch, mine, [reward_fn])
+        metrics = {"eval/accuracy": float(scored.correct.float().mean()),
+                   "eval/completion_len": float(batch.completion_lengths.float().mean())}
+    return mean_across_ranks(accelerator, metrics, weight=len(mine)) if problems else {}
 
 
 def rollout_metrics(batch: RolloutBatch, scored: ScoredRollouts) -> dict[str, float]:

@@ -298,3 +298,39 @@ def test_docs_cover_every_alarm_and_default():
     for p in inspect.signature(AlarmMonitor).parameters.values():
         m = re.search(rf"\| `{p.name}` \| ([^ |]+) \|", doc)
         assert m and float(m.group(1)) == p.default, p.name
+
+
+def _replay(monitor: AlarmMonitor, rows: list[dict]) -> dict[str, list[int]]:
+    return _fired([a for r in rows for a in monitor.update(r["step"], r)])
+
+
+def test_replayed_default_run_reports_saturation_not_collapse():
+    """The metrics of a real `make train` run (tests/data, 50 steps): sampled accuracy rose
+    from ~40% to ~100% while entropy fell 1.8 -> 0.05. That is convergence; what the run
+    needs to hear is that its prompts became too easy (zero-advantage saturation)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "data/grpo_math_cpu_metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    fired = _replay(AlarmMonitor(), rows)
+    assert "entropy_collapse" not in fired
+    # window mean of zero_adv_frac first exceeds 0.9 at step 17 (see alarms.jsonl of the run)
+    assert fired["zero_adv_saturation"][0] == 17
+    # Without the convergence gate the entropy rule fires at step 11: H = 0.416 < 0.3 * H0
+    # (H0 = 1.821) and reward's fitted change over steps 7-11 is -0.019 (a plateau). The gate
+    # holds it: A0 = mean accuracy of steps 1-5 = (0.281 + 0.25 + 0.438 + 0.344 + 0.672) / 5
+    # = 0.397, and the window mean over steps 7-11 = (0.859 + 0.891 + 0.953 + 0.938 + 0.813) / 5
+    # = 0.891 >= 0.397 + 0.75 * (1 - 0.397) = 0.849.
+    assert _replay(AlarmMonitor(converged_frac=1.0), rows)["entropy_collapse"] == [11]
+
+
+def test_collapse_at_a_low_ceiling_still_fires():
+    # accuracy 0.2 for 5 steps, then stuck at 0.4 while entropy falls to 10% of H0: the window
+    # mean 0.4 < 0.2 + 0.75 * 0.8 = 0.8, so this is collapse, not convergence
+    stream = [{"diag/entropy_mean": 2.0, "rollout/accuracy": 0.2} for _ in range(5)]
+    stream += [{"diag/entropy_mean": 0.2, "rollout/accuracy": 0.4} for _ in range(6)]
+    fired = _fired(_run(AlarmMonitor(), stream))
+    # steps 5.. have H = 0.2 < 0.6; reward (= accuracy here) over the window rises 0.2 -> 0.4
+    # until step 8 (window 4..8 = [0.2, 0.4, 0.4, 0.4, 0.4], fitted rise 0.16 > 0.05); at step 9
+    # the window is flat at 0.4 -> plateau -> fires
+    assert fired == {"entropy_collapse": [9]}
