@@ -13,11 +13,13 @@ What is timed, all in this one process:
 1. HF engine (`transformers.generate` through `HFEngine`), fp32 then bf16, `--hf-rounds` each.
    These run *before* vLLM starts: vLLM's CPU worker pins torch to one thread per core it owns
    and refuses `set_num_threads` afterwards, which would handicap transformers if it ran later.
-2. One compiled (default) or eager vLLM engine in `--dtype`, then `--rounds` rounds of the pair
-   [raw `LLM.generate`, `VLLMEngine.generate`] on the *same* `LLM` object, the order flipped
-   every round so neither side always runs on a warm prefix cache. Raw vLLM gets the same
-   SamplingParams minus logprobs (the cheapest raw call); rlkit's call includes templating,
-   logprobs of every sampled token and building the RolloutBatch tensors.
+2. One compiled (default) or eager vLLM engine in `--dtype` (auto: fp32 on CPUs without native
+   bf16, where bf16 is emulated and 5x slower), then `--rounds` rounds of the triple [raw
+   `LLM.generate`, raw `LLM.generate` with logprobs, `VLLMEngine.generate`] on the *same* `LLM`
+   object, the order flipped every round so no side always runs on a warm prefix cache. Raw
+   vLLM gets the same SamplingParams, once without logprobs (the cheapest raw call) and once
+   with the sampled-token logprobs rlkit asks for (the same vLLM work); rlkit's call adds
+   templating, logprob extraction and building the RolloutBatch tensors.
 Medians over rounds are compared. The 1-minute load average is recorded around each timing:
 on a shared machine other processes steal cores and every number moves together.
 """
@@ -101,6 +103,11 @@ def bench_vllm(model_path: str, sampling, args) -> tuple[list[dict], dict]:
         outs = llm.generate(raw_prompts, params, use_tqdm=False)
         return sum(len(c.token_ids) for o in outs for c in o.outputs)
 
+    lp_params = to_sampling_params(sampling, args.group_size, logprobs=True)
+
+    def raw_logprobs():  # the same vLLM work rlkit asks for: logprobs of every sampled token
+        return raw(lp_params)
+
     def rlkit(sc=sampling):
         return int(engine.generate(PROMPTS, args.group_size, sc).completion_mask.sum())
 
@@ -109,7 +116,7 @@ def bench_vllm(model_path: str, sampling, args) -> tuple[list[dict], dict]:
     raw(to_sampling_params(short, args.group_size, logprobs=False)), rlkit(short)
     recs = []
     for r in range(args.rounds):
-        order = [("vllm_raw", raw), ("vllm_rlkit_engine", rlkit)]
+        order = [("vllm_raw", raw), ("vllm_raw_logprobs", raw_logprobs), ("vllm_rlkit_engine", rlkit)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             tokens, wall, cpu, load = _timed(fn)
             extra = {}
@@ -130,9 +137,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub id")
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3, help="[raw vLLM, VLLMEngine] pairs")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of [raw, raw+logprobs, VLLMEngine]")
     ap.add_argument("--hf-rounds", type=int, default=1, help="timed HF generate calls per dtype")
-    ap.add_argument("--dtype", default="bfloat16", help="vLLM engine dtype")
+    ap.add_argument("--dtype", default="auto",
+                    help="vLLM engine dtype; auto = bf16 on GPUs and CPUs with native bf16, else fp32")
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-vllm", action="store_true")
@@ -149,6 +157,9 @@ def main() -> None:
 
     global _OUT
     _OUT = Path(args.out)
+    from rlkit.platform import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
     model_path = resolve_model(args.model)
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens, ignore_eos=True)
     print(f"workload: {len(PROMPTS)} prompts x {args.group_size} samples x {args.max_new_tokens} tokens",
@@ -171,12 +182,13 @@ def main() -> None:
         xs = [r["tokens_per_s"] for r in runs if r["name"] == name]
         return round(statistics.median(xs), 1) if xs else None
 
-    med = {n: median(n) for n in ("vllm_raw", "vllm_rlkit_engine", "hf_float32", "hf_bfloat16")}
+    med = {n: median(n) for n in ("vllm_raw", "vllm_raw_logprobs", "vllm_rlkit_engine", "hf_float32", "hf_bfloat16")}
     def ratio(a: str, b: str, nd: int) -> float | None:
         return round(med[a] / med[b], nd) if med[a] and med[b] else None
 
     ratios = {
         "engine_vs_raw_vllm": ratio("vllm_rlkit_engine", "vllm_raw", 3),
+        "engine_vs_raw_vllm_logprobs": ratio("vllm_rlkit_engine", "vllm_raw_logprobs", 3),
         "engine_vs_hf_float32": ratio("vllm_rlkit_engine", "hf_float32", 2),
         "engine_vs_hf_bfloat16": ratio("vllm_rlkit_engine", "hf_bfloat16", 2),
     }
