@@ -1,8 +1,8 @@
 """`accelerate launch --num_processes 2 recipes/grpo_math.py`: data-parallel ranks on CPU.
 
-Two DeepSpeed ZeRO-2 ranks (gloo) on a tiny random Llama with the transformers engine (two
-vLLM CPU engines would each bind both of this machine's cores; the vLLM multi-rank path uses
-vLLM's `external_launcher` backend and is documented in docs/training.md). What must hold:
+Two DeepSpeed ZeRO-2 ranks (gloo) on a tiny random Llama, each with its own rollout engine:
+transformers, or in-process vLLM with vLLM's `external_launcher` backend (the two vLLM CPU
+engines share this machine's cores, fine for a tiny model). What must hold:
 the ranks split each step's prompts instead of duplicating them, metrics are combined over
 ranks, the sharded eval runs, a checkpoint is written, and a prompt count that cannot be split
 stops the launch with a message naming the field.
@@ -31,7 +31,7 @@ def _launch(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.Co
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "launch/accelerate/zero2_multi.yaml"), "--num_processes", "2",
         str(REPO / "recipes/grpo_math.py"), "--config", str(REPO / "recipes/configs/grpo_math_cpu.yaml"),
-        f"model.name_or_path={tiny_model_dir()}", f"run.output_dir={run_dir}", "rollout.engine=hf",
+        f"model.name_or_path={tiny_model_dir()}", f"run.output_dir={run_dir}", "rollout.cpu_kvcache_gib=1",
         "rollout.prompts_per_step=4", "rollout.group_size=2", "rollout.max_new_tokens=6",
         "data.num_eval=6", "eval.every=0", "eval.max_new_tokens=4",
         "logging.progress=false", "logging.tensorboard=false", "trainer.learning_rate=1e-3",
@@ -42,9 +42,10 @@ def _launch(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.Co
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_ranks_split_prompts_and_train(tmp_path):
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_two_ranks_split_prompts_and_train(tmp_path, engine):
     run = tmp_path / "run"
-    proc = _launch(run)
+    proc = _launch(run, f"rollout.engine={engine}")
     assert proc.returncode == 0, f"recipe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -65,6 +66,6 @@ def test_two_ranks_split_prompts_and_train(tmp_path):
 
 
 def test_prompt_count_must_split_over_ranks(tmp_path):
-    proc = _launch(tmp_path / "run", "rollout.prompts_per_step=3")
+    proc = _launch(tmp_path / "run", "rollout.engine=hf", "rollout.prompts_per_step=3")
     assert proc.returncode != 0
     assert "rollout.prompts_per_step: 3 prompts cannot be split evenly over 2 processes" in proc.stderr
