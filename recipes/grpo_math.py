@@ -37,6 +37,7 @@ def setup(cfg: RecipeConfig):
 
     import rewards as reward_registry
     from rlkit.algorithms.losses import build_loss
+    from rlkit.algorithms.regularizers import build_regularizer
     from rlkit.assets import resolve_model
     from rlkit.data import PromptSampler, load_problems
     from rlkit.diagnostics.alarms import AlarmMonitor
@@ -56,6 +57,7 @@ def setup(cfg: RecipeConfig):
     policy = build_policy(accelerator, model_path, cfg.model, cfg.trainer)
 
     loss_fn = build_loss(cfg.loss.target, **cfg.loss.params)
+    regularizers = [(spec.coef, build_regularizer(spec.name, **spec.params)) for spec in cfg.regularizers]
     ref_model = None
     if getattr(loss_fn, "kl_coef", 0.0):
         ref_model = load_causal_lm(resolve_model(cfg.model.ref_model or cfg.model.name_or_path), trainable=False)
@@ -80,7 +82,8 @@ def setup(cfg: RecipeConfig):
     fs = ForwardSettings(temperature=max(r.temperature, 1e-5), chunk_size=cfg.trainer.logprob_chunk_size,
                          pad_id=pad_id, shared_prefix=cfg.trainer.shared_prefix,
                          micro_batch_tokens=cfg.trainer.micro_batch_tokens)
-    return dict(run_dir=run_dir, accelerator=accelerator, policy=policy, loss_fn=loss_fn, ref_model=ref_model,
+    return dict(run_dir=run_dir, accelerator=accelerator, policy=policy, loss_fn=loss_fn, regularizers=regularizers,
+                ref_model=ref_model,
                 engine=engine, train_problems=train_problems, eval_problems=eval_problems, sampler=sampler,
                 reward_fns=reward_fns, monitor=monitor, fs=fs)
 
@@ -163,7 +166,7 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
         old, _ = batch_logprobs(s["policy"].unwrapped(), batch, s["fs"], s["policy"].autocast)
     update = policy_update(s["policy"], s["loss_fn"], batch, advantages, old_logprobs=old,
                            ref_model=s["ref_model"], fs=s["fs"], num_iterations=t.num_iterations,
-                           mini_batches=t.mini_batches)
+                           mini_batches=t.mini_batches, regularizers=s["regularizers"])
     t3 = time.perf_counter()
     sync_seconds = sync_weights(s["engine"], s["policy"])
     if t.verify_sync:
@@ -175,9 +178,9 @@ def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
     if cfg.diagnostics.enabled:
         new_lp = None
         if cfg.diagnostics.post_update_logprobs:
-            from rlkit.trainer.loop import batch_logprobs
+            from rlkit.trainer.loop import post_update_logprobs
 
-            new_lp, _ = batch_logprobs(s["policy"].unwrapped(), batch, s["fs"], s["policy"].autocast)
+            new_lp = post_update_logprobs(s["policy"], batch, advantages, update.first_logprobs, s["fs"])
         diag = step_metrics(DiagInputs(
             rewards=scored.rewards, group_ids=batch.group_ids, advantages=advantages,
             mask=batch.completion_mask, entropy=update.entropy, old_logprobs=update.first_logprobs,

@@ -124,6 +124,12 @@ class RewardSpec(_Section):
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function.")
 
 
+class RegularizerSpec(_Section):
+    name: str = Field(..., description="A registered regularizer (rlkit.algorithms.regularizers), e.g. llds.")
+    coef: float = Field(..., gt=0, description="Coefficient of the term added to the policy loss (LLDS paper: 0.2).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Constructor keyword arguments of the regularizer.")
+
+
 class AdvantageConfig(_Section):
     name: str = Field("grpo", description="A registered advantage estimator (rlkit.algorithms.advantages).")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the estimator.")
@@ -231,7 +237,9 @@ class RecipeConfig(_Section):
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_accuracy")], min_length=1)
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    regularizers: list[dict[str, Any]] = Field(default_factory=list, description="Reserved for LLDS & co.")
+    regularizers: list[RegularizerSpec] = Field(
+        default_factory=list, description="Terms added to the policy loss, each with a coefficient (e.g. llds)."
+    )
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
@@ -267,9 +275,22 @@ class RecipeConfig(_Section):
             loss_names = available_losses()
             if self.loss.name not in loss_names:
                 raise ValueError(_unknown_name("loss.name", self.loss.name, loss_names, "losses"))
-        if self.regularizers:
-            raise ValueError("regularizers: not implemented yet (LLDS and positive-NLL terms are planned); "
-                             "remove the section, or put the term in a custom loss (docs/custom_loss.md)")
+        from rlkit.algorithms.regularizers import available_regularizers, get_regularizer_class
+
+        reg_names = available_regularizers()
+        updates = self.trainer.mini_batches * self.trainer.num_iterations
+        for i, spec in enumerate(self.regularizers):
+            if spec.name not in reg_names:
+                raise ValueError(_unknown_name(f"regularizers.{i}.name", spec.name, reg_names, "regularizers"))
+            if getattr(get_regularizer_class(spec.name), "needs_trainer_old_logprobs", False):
+                if updates < 2:
+                    raise ValueError(
+                        f"regularizers.{i} ({spec.name}) compares the policy with the one that sampled the batch "
+                        "and is zero on the first update; set trainer.mini_batches or trainer.num_iterations >= 2")
+                if self.trainer.use_engine_logprobs:
+                    raise ValueError(
+                        f"regularizers.{i} ({spec.name}) needs the trainer's own old logprobs (the engine's differ "
+                        "numerically and would count as displacement); set trainer.use_engine_logprobs: false")
         if self.model.teacher_model is not None:
             raise ValueError("model.teacher_model: no distillation term uses a teacher yet (KDRL/PACED are "
                              "planned); remove the field")

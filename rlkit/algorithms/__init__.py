@@ -1,4 +1,4 @@
-"""Algorithm core: advantage estimators and policy losses (pure tensor math).
+"""Algorithm core: advantage estimators, policy losses and regularizers (pure tensor math).
 
 See docs/algorithms.md for formulas, references and defaults, docs/custom_loss.md for
 writing your own loss.
@@ -30,10 +30,18 @@ from rlkit.algorithms.losses import (
     register_loss,
     tis_weights,
 )
+from rlkit.algorithms.regularizers import (
+    LLDS,
+    Regularizer,
+    available_regularizers,
+    build_regularizer,
+    register_regularizer,
+)
 
 __all__ = [
     "AGG_MODES",
     "KL_KINDS",
+    "LLDS",
     "CISPOLoss",
     "DAPOLoss",
     "DrGRPOLoss",
@@ -42,16 +50,20 @@ __all__ = [
     "LossInputs",
     "LossOutput",
     "PolicyLoss",
+    "Regularizer",
     "ReinforceLoss",
     "UnknownNameError",
     "aggregate",
     "available_advantages",
     "available_losses",
+    "available_regularizers",
     "build_loss",
+    "build_regularizer",
     "get_advantage",
     "get_loss_class",
     "kl_penalty",
     "register_advantage",
     "register_loss",
+    "register_regularizer",
     "tis_weights",
 ]

@@ -326,7 +326,7 @@ class AlarmMonitor:
                 f"Likelihood displacement, stagnation phase: {head} Reward rose by {rise:+.3f}, yet correct "
                 "responses are not becoming more likely: the update is displacing their probability "
                 "mass (lazy likelihood displacement, arXiv 2512.04220). This phase precedes decay and collapse.",
-                "add the LLDS regularizer (likelihood-preserving penalty on A >= 0 responses, lambda 0.2) "
+                "add the LLDS regularizer (likelihood-preserving penalty on A >= 0 responses: regularizers: [{name: llds, coef: 0.2}] with trainer.mini_batches: 2) "
                 "or a positive-example NLL term; watch diag/logp_delta_pos",
             )
         decay = all(x < -self.lld_tol for x in d)

@@ -258,6 +258,26 @@ def batch_logprobs(model, batch: RolloutBatch, fs: ForwardSettings, autocast) ->
     return logp, ent
 
 
+def post_update_logprobs(policy, batch: RolloutBatch, advantages: Tensor, before: Tensor,
+                         fs: ForwardSettings) -> Tensor:
+    """Logprobs `[N, T]` after the update, for the likelihood-displacement diagnostics.
+
+    Only groups with a row of non-zero advantage are run through the model; the other rows
+    keep `before`. The displacement metrics read only tokens with advantage > 0 or < 0, so the
+    result is exact, and saturated groups (all right or all wrong) cost nothing."""
+    carries = (advantages != 0) if advantages.dim() == 1 else (advantages != 0).any(-1)  # [N]
+    groups = sorted(set(batch.prompt_index[carries].tolist()))
+    out = before.clone()
+    if not groups:
+        return out
+    sub = batch.select_groups(groups)
+    logp, _ = batch_logprobs(policy.unwrapped(), sub, fs, policy.autocast)
+    g = batch.group_size
+    rows = torch.tensor([b * g + j for b in groups for j in range(g)], dtype=torch.long)
+    out[rows, : logp.shape[1]] = logp
+    return out
+
+
 # ----------------------------------------------------------------------------- update
 
 
@@ -280,8 +300,12 @@ def policy_update(
     fs: ForwardSettings,
     num_iterations: int,
     mini_batches: int,
+    regularizers: Sequence[tuple[float, Callable[[LossInputs], object]]] = (),
 ) -> UpdateResult:
-    """`num_iterations` passes x `mini_batches` optimizer steps over one rollout batch."""
+    """`num_iterations` passes x `mini_batches` optimizer steps over one rollout batch.
+
+    `regularizers`: (coef, term) pairs; each term maps the micro-batch's LossInputs to a
+    LossOutput whose loss is added to the policy loss times coef."""
     n, t = batch.completion_ids.shape
     model = policy.unwrapped()
     first_lp, first_ent, seen = torch.zeros(n, t), torch.zeros(n, t), torch.zeros(n, dtype=torch.bool)
@@ -320,6 +344,10 @@ def policy_update(
                     group_ids=fb.group_ids.to(dev),
                 )
                 result = loss_fn(inputs)
+                for coef, reg in regularizers:  # extra terms, each with its coefficient
+                    extra = reg(inputs)
+                    result.loss = result.loss + coef * extra.loss
+                    result.metrics.update(extra.metrics)
                 share = (float(fb.completion_mask.sum()) if token_level else float(len(rows))) / max(denom, 1.0)
                 if k >= real:  # a padding micro-batch: gradient and metrics count zero
                     share = 0.0

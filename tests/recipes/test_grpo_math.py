@@ -86,3 +86,18 @@ def test_resume_is_exact(tmp_path):
     rb = {r["step"]: r["reward/mean"] for r in _metrics(resumed)}
     assert sorted(rb) == [1, 2, 3, 4]  # the resumed run's log is one history, no duplicates
     assert [ra[3], ra[4]] == [rb[3], rb[4]]
+
+
+def test_llds_regularizer_runs_in_the_recipe(tmp_path):
+    """A YAML-configured regularizer reaches the update: two mini-batches per rollout, the
+    trainer's own old logprobs, and the LLDS metrics logged every step. The first mini-batch
+    sees theta = theta_old (zero penalty); after the lr-1e-3 update of the first, the second
+    mini-batch's positive responses are displaced, so the step's mean penalty is positive."""
+    run = tmp_path / "run"
+    _launch(run, "trainer.max_steps=2", "trainer.mini_batches=2", "trainer.use_engine_logprobs=false",
+            "regularizers=[{name: llds, coef: 0.2, params: {gate: response}}]")
+    records = _metrics(run)
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["reg/llds/penalty"] >= 0 and 0 <= r["reg/llds/active_frac"] <= 1
+    assert max(r["reg/llds/penalty"] for r in records) > 0

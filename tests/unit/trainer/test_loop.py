@@ -150,3 +150,48 @@ def test_non_finite_loss_is_skipped_and_counted(caplog):
     assert result.nonfinite_skips == 1
     assert "non-finite loss" in caplog.text
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no NaN reached the weights
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_post_update_logprobs_skips_zero_advantage_groups_exactly(shared_prefix):
+    """Only the group with non-zero advantages is re-run; the displacement metrics equal
+    those from re-running every row, and the skipped group keeps its `before` values."""
+    from rlkit.diagnostics.metrics import logp_delta_metrics
+    from rlkit.trainer.loop import post_update_logprobs
+
+    batch, model = _batch(), _tiny()
+    fs = ForwardSettings(temperature=1.0, chunk_size=7, pad_id=0, shared_prefix=shared_prefix,
+                         micro_batch_tokens=10_000)
+    full, _ = batch_logprobs(model, batch, fs, lambda: torch.autocast("cpu", enabled=False))
+    before = full + 0.1 * torch.randn(full.shape, generator=torch.Generator().manual_seed(1)) * batch.completion_mask
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5])  # group 0 saturated
+    sub = post_update_logprobs(_policy(model), batch, adv, before, fs)
+    assert torch.equal(sub[:4], before[:4])  # group 0 never ran through the model
+    torch.testing.assert_close(sub[4:] * batch.completion_mask[4:], full[4:] * batch.completion_mask[4:])
+    want = logp_delta_metrics(before, full, adv, batch.completion_mask)
+    got = logp_delta_metrics(before, sub, adv, batch.completion_mask)
+    for key in want:
+        assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-6)
+    # nothing to re-run when every group is saturated
+    assert torch.equal(post_update_logprobs(_policy(model), batch, torch.zeros(8), before, fs), before)
+
+
+def test_regularizer_terms_are_added_with_their_coefficient():
+    """policy_update adds coef x term to each micro-batch loss: with old logprobs 0.5 above the
+    current ones every preserved token is displaced, so LLDS is positive, and the logged loss
+    grows by exactly 0.2 x the logged penalty (one micro-batch, measured before any update)."""
+    from rlkit.algorithms.regularizers import LLDS
+
+    batch = _batch()
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 1.0])
+    fs = ForwardSettings(temperature=1.0, chunk_size=7, pad_id=0, shared_prefix=True, micro_batch_tokens=10_000)
+    current, _ = batch_logprobs(_tiny(), batch, fs, lambda: torch.autocast("cpu", enabled=False))
+    old = (current + 0.5) * batch.completion_mask
+    runs = []
+    for regs in ((), ((0.2, LLDS(gate="response")),)):
+        res = policy_update(_policy(_tiny()), build_loss("grpo"), batch, adv, old_logprobs=old, fs=fs,
+                            num_iterations=1, mini_batches=1, regularizers=regs)
+        runs.append(res.metrics)
+    plain, reg = runs
+    assert reg["reg/llds/penalty"] > 0.1 and "reg/llds/penalty" not in plain
+    assert reg["train/loss"] - plain["train/loss"] == pytest.approx(0.2 * reg["reg/llds/penalty"], rel=1e-5)
