@@ -228,6 +228,19 @@ def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 3) if xs else None
 
 
+def _summarize(name: str, out: dict) -> dict:
+    """Means over the steps after the first (all steps when there is only one), printed."""
+    kept = out["per_step"][1:] or out["per_step"]
+    out["steps_averaged"] = [s["step"] for s in kept]
+    out["mean"] = {k: _mean([s[k] for s in kept if s.get(k) is not None])
+                   for k in (*PHASES, "other", "total", *CPU_KEYS, "other_cores", "completion_len_mean", "reward_mean")
+                   if any(s.get(k) is not None for s in kept)}
+    print(f"[{name}] s/step {out['mean']['total']} (CPU s {out['mean'].get('cpu_total')})  "
+          f"split {[out['mean'][p] for p in PHASES]}  "
+          f"startup {out.get('startup_s')} s", flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- rlkit
 
 
@@ -287,15 +300,7 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
     first = rows[0]
     out["startup_s"] = round(first["time"] - first["time/step"] - proc["start_unix"], 1)
     out["per_step"] = per_step
-    out["steps_averaged"] = [s["step"] for s in per_step[1:]] or [per_step[0]["step"]]
-    kept = per_step[1:] or per_step
-    out["mean"] = {k: _mean([s[k] for s in kept if s.get(k) is not None])
-                   for k in (*PHASES, "other", "total", *CPU_KEYS, "other_cores", "completion_len_mean", "reward_mean")
-                   if any(s.get(k) is not None for s in kept)}
-    print(f"[{name}] s/step {out['mean']['total']} (CPU s {out['mean'].get('cpu_total')})  "
-          f"split {[out['mean'][p] for p in PHASES]}  "
-          f"startup {out['startup_s']} s", flush=True)
-    return out
+    return _summarize(name, out)
 
 
 # ----------------------------------------------------------------------------- TRL
@@ -479,15 +484,7 @@ def bench_trl(name: str, a: argparse.Namespace, work: Path) -> dict:
         out.setdefault("error", "no step completed")
         print(f"[{name}] FAILED: {out['error'][:300]}", flush=True)
         return out
-    kept = out["per_step"][1:] or out["per_step"]
-    out["steps_averaged"] = [s["step"] for s in kept]
-    out["mean"] = {k: _mean([s[k] for s in kept if s.get(k) is not None])
-                   for k in (*PHASES, "other", "total", *CPU_KEYS, "other_cores", "completion_len_mean", "reward_mean")
-                   if any(s.get(k) is not None for s in kept)}
-    print(f"[{name}] s/step {out['mean']['total']} (CPU s {out['mean'].get('cpu_total')})  "
-          f"split {[out['mean'][p] for p in PHASES]}  "
-          f"startup {out.get('startup_s')} s", flush=True)
-    return out
+    return _summarize(name, out)
 
 
 # ----------------------------------------------------------------------------- main

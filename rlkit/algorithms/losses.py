@@ -400,20 +400,27 @@ class LossOutput:
 _LOSSES: dict[str, type[PolicyLoss]] = {}
 
 
-def register_loss(name: str):
-    """Class decorator: make a PolicyLoss subclass selectable by `name` in YAML."""
+def class_registrar(registry: dict[str, type], base: type, kind: str, name: str, name_attr: str):
+    """The class decorator behind `register_loss` and `register_regularizer`: checks `cls` is a
+    `base` subclass, refuses a second class under a taken `name`, stores it and sets
+    `cls.<name_attr> = name`."""
 
-    def deco(cls: type[PolicyLoss]) -> type[PolicyLoss]:
-        if not (isinstance(cls, type) and issubclass(cls, PolicyLoss)):
-            raise TypeError(f"register_loss({name!r}) expects a PolicyLoss subclass, got {cls!r}")
-        old = _LOSSES.get(name)
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"register_{kind}({name!r}) expects a {base.__name__} subclass, got {cls!r}")
+        old = registry.get(name)
         if old is not None and old.__qualname__ != cls.__qualname__:
-            raise ValueError(f"loss {name!r} is already registered ({old.__qualname__})")
-        cls.loss_name = name
-        _LOSSES[name] = cls
+            raise ValueError(f"{kind} {name!r} is already registered ({old.__qualname__})")
+        setattr(cls, name_attr, name)
+        registry[name] = cls
         return cls
 
     return deco
+
+
+def register_loss(name: str):
+    """Class decorator: make a PolicyLoss subclass selectable by `name` in YAML."""
+    return class_registrar(_LOSSES, PolicyLoss, "loss", name, "loss_name")
 
 
 def available_losses() -> list[str]:
@@ -471,16 +478,21 @@ def _accepted_params(cls: type) -> list[str]:
     return names
 
 
-def build_loss(name_or_path: str, **params) -> PolicyLoss:
-    """Instantiate a loss from a registered name or import path; unknown params -> TypeError."""
-    cls = get_loss_class(name_or_path)
+def check_params(kind: str, name: str, cls: type, params: dict) -> None:
+    """TypeError naming any of `params` that `cls.__init__` does not accept, and the accepted ones."""
     accepted = _accepted_params(cls)
     bad = sorted(set(params) - set(accepted))
     if bad:
         raise TypeError(
-            f"loss {name_or_path!r} ({cls.__name__}) got unknown parameter(s) {', '.join(bad)}; "
+            f"{kind} {name!r} ({cls.__name__}) got unknown parameter(s) {', '.join(bad)}; "
             f"accepted: {', '.join(sorted(accepted))}"
         )
+
+
+def build_loss(name_or_path: str, **params) -> PolicyLoss:
+    """Instantiate a loss from a registered name or import path; unknown params -> TypeError."""
+    cls = get_loss_class(name_or_path)
+    check_params("loss", name_or_path, cls, params)
     return cls(**params)
 
 

@@ -16,12 +16,24 @@ import torch
 from torch import Tensor
 
 from rlkit.algorithms.advantages import UnknownNameError
-from rlkit.algorithms.losses import LossInputs, LossOutput, Metrics, _accepted_params, aggregate
+from rlkit.algorithms.losses import (
+    LossInputs,
+    LossOutput,
+    Metrics,
+    aggregate,
+    check_params,
+    class_registrar,
+)
 
 __all__ = ["LLDS", "Regularizer", "available_regularizers", "build_regularizer", "get_regularizer_class",
            "llds_penalty", "register_regularizer"]
 
 LLDS_GATES = ("action", "response")
+
+
+def _check_gate(gate: str) -> None:
+    if gate not in LLDS_GATES:
+        raise ValueError(f"unknown LLDS gate {gate!r}; choose one of {', '.join(LLDS_GATES)}")
 
 
 def _chunk_ids(mask: Tensor) -> Tensor:
@@ -46,8 +58,7 @@ def llds_penalty(
     penalty_t = active_t * max(0, delta_t) on preserved tokens, else 0. Gradient flows
     through `logprobs` only. Returns (penalty [N, T], metrics).
     """
-    if gate not in LLDS_GATES:
-        raise ValueError(f"unknown LLDS gate {gate!r}; choose one of {', '.join(LLDS_GATES)}")
+    _check_gate(gate)
     adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)  # [N, T]
     keep = mask & (adv.detach() >= 0)  # [N, T] preserved tokens
     delta = (old_logprobs.detach() - logprobs) * keep  # [N, T]
@@ -85,18 +96,7 @@ _REGULARIZERS: dict[str, type[Regularizer]] = {}
 
 def register_regularizer(name: str):
     """Class decorator: make a Regularizer subclass selectable by `name` in YAML."""
-
-    def deco(cls: type[Regularizer]) -> type[Regularizer]:
-        if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
-            raise TypeError(f"register_regularizer({name!r}) expects a Regularizer subclass, got {cls!r}")
-        old = _REGULARIZERS.get(name)
-        if old is not None and old.__qualname__ != cls.__qualname__:
-            raise ValueError(f"regularizer {name!r} is already registered ({old.__qualname__})")
-        cls.name = name
-        _REGULARIZERS[name] = cls
-        return cls
-
-    return deco
+    return class_registrar(_REGULARIZERS, Regularizer, "regularizer", name, "name")
 
 
 def available_regularizers() -> list[str]:
@@ -112,10 +112,7 @@ def get_regularizer_class(name: str) -> type[Regularizer]:
 def build_regularizer(name: str, **params) -> Regularizer:
     """A registered regularizer with its params; unknown names or params raise with the choices."""
     cls = get_regularizer_class(name)
-    bad = sorted(set(params) - set(_accepted_params(cls)))
-    if bad:
-        raise TypeError(f"regularizer {name!r} got unknown parameter(s) {', '.join(bad)}; "
-                        f"accepted: {', '.join(sorted(_accepted_params(cls)))}")
+    check_params("regularizer", name, cls, params)
     return cls(**params)
 
 
@@ -132,8 +129,7 @@ class LLDS(Regularizer):
     needs_trainer_old_logprobs = True
 
     def __init__(self, *, gate: str = "action") -> None:
-        if gate not in LLDS_GATES:
-            raise ValueError(f"unknown LLDS gate {gate!r}; choose one of {', '.join(LLDS_GATES)}")
+        _check_gate(gate)  # at config time, not at the first update
         self.gate = gate
 
     def __call__(self, inputs: LossInputs) -> LossOutput:

@@ -150,11 +150,16 @@ class RolloutBatch:
             finish_reason=finish_reason,
         )
 
+    def group_rows(self, groups: Sequence[int]) -> Tensor:
+        """[k*G] long: the row indices of the given prompts, group by group, in the order given."""
+        g = self.group_size
+        return torch.tensor([b * g + j for b in groups for j in range(g)], dtype=torch.long)
+
     def select_groups(self, groups: Sequence[int]) -> RolloutBatch:
         """The rows of the given prompts (indices into this batch's B, in the order given),
         renumbered as prompts 0..k-1, padding trimmed to the longest kept row."""
         g = self.group_size
-        rows = torch.tensor([b * g + j for b in groups for j in range(g)], dtype=torch.long)  # [k*G]
+        rows = self.group_rows(groups)  # [k*G]
         t = int(self.completion_mask[rows].sum(-1).max()) if len(rows) else 0
         prompt_index = torch.arange(len(groups)).repeat_interleave(g)  # [k*G]
         return RolloutBatch(

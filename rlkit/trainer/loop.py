@@ -146,8 +146,7 @@ def collect_rollouts(
     while True:
         keep = informative_groups(scored.rewards, g)[: want - n_kept]
         if keep:
-            rows = torch.tensor([b * g + j for b in keep for j in range(g)], dtype=torch.long)
-            kept.append((batch.select_groups(keep), [problems[b] for b in keep], scored.select(rows)))
+            kept.append((batch.select_groups(keep), [problems[b] for b in keep], scored.select(batch.group_rows(keep))))
             n_kept += len(keep)
         if all_ranks(n_kept >= want or rounds >= max_rounds):
             break
@@ -272,9 +271,7 @@ def post_update_logprobs(policy, batch: RolloutBatch, advantages: Tensor, before
         return out
     sub = batch.select_groups(groups)
     logp, _ = batch_logprobs(policy.unwrapped(), sub, fs, policy.autocast)
-    g = batch.group_size
-    rows = torch.tensor([b * g + j for b in groups for j in range(g)], dtype=torch.long)
-    out[rows, : logp.shape[1]] = logp
+    out[batch.group_rows(groups), : logp.shape[1]] = logp
     return out
 
 

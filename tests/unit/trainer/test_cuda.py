@@ -10,59 +10,26 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from trainer_helpers import B, G, T, sgd_policy, tiny_batch, tiny_llama
 
 from rlkit.algorithms.losses import build_loss
-from rlkit.rollout.types import RolloutBatch, SamplingConfig
-from rlkit.trainer.deepspeed import Policy
+from rlkit.rollout.types import SamplingConfig
 from rlkit.trainer.loop import ForwardSettings, batch_logprobs, policy_update
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-B, G, T = 2, 4, 6
-
-
-def _batch() -> RolloutBatch:
-    g = torch.Generator().manual_seed(0)
-    lens = torch.tensor([6, 3, 1, 5, 2, 6, 4, 3])
-    mask = torch.arange(T)[None] < lens[:, None]  # [N, T]
-    ids = torch.randint(5, 200, (B * G, T), generator=g) * mask
-    return RolloutBatch(
-        prompt_ids=[[1, 2, 3, 4], [5, 6, 7]], prompt_texts=["p0", "p1"], completion_ids=ids,
-        completion_mask=mask, engine_logprobs=torch.zeros(B * G, T),
-        group_ids=torch.arange(B).repeat_interleave(G), prompt_index=torch.arange(B).repeat_interleave(G),
-        completion_texts=["a"] * 8, finish_reason=["stop"] * 8,
-        rewards=torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 1]),
-    )
-
-
-def _tiny() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg)
-
-
-def _policy(model: torch.nn.Module) -> Policy:
-    from accelerate import Accelerator
-
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return Policy(Accelerator(cpu=True), model, opt, sched, autocast_dtype=None, max_grad_norm=None)
-
-
 @pytest.mark.parametrize("shared_prefix", [True, False])
 def test_update_on_cuda_matches_cpu(shared_prefix):
     """CPU rollout batch + CUDA model: same update (fp32) and the same CPU-side outputs."""
-    batch = _batch()
+    batch = tiny_batch(rewards=torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 1]))
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 1.0])
     old = torch.full((B * G, T), -5.0) * batch.completion_mask
     fs = ForwardSettings(temperature=0.7, chunk_size=7, pad_id=0, shared_prefix=shared_prefix, micro_batch_tokens=12)
     deltas, results = [], []
     for device in ("cpu", "cuda"):
-        model = _tiny().to(device)
+        model = tiny_llama().to(device)
         before = copy.deepcopy(model.state_dict())
-        policy = _policy(model)
+        policy = sgd_policy(model)
         lp, ent = batch_logprobs(model, batch, fs, policy.autocast)
         assert lp.device.type == "cpu" and ent.device.type == "cpu"
         res = policy_update(policy, build_loss("grpo", tis_cap=2.0), batch, adv, old_logprobs=old, fs=fs,
