@@ -10,13 +10,19 @@ numbers written to metrics.jsonl) and returns the alarms that fire at this step.
 - `zero_adv_saturation`: the window mean of `diag/zero_adv_frac` above `zero_adv_frac`
   (DAPO dynamic sampling, arXiv 2503.14476).
 - `lld_stagnation`, `lld_decay`, `lld_collapse`: the three phases of lazy likelihood
-  displacement of positive responses (LLDS, arXiv 2512.04220; rules are INTERP, METHODS.md 4).
+  displacement of positive responses (LLDS, arXiv 2512.04220). The paper names the phases
+  but gives no detection rule; the rules in `_check_lld` are rlkit's.
 - `grad_spike`: ZClip z-score of the gradient norm (arXiv 2504.02507).
+
+`entropy_collapse` and `lld_stagnation` stay quiet once the run has converged (`_converged`):
+both describe a symptom (low entropy, positive responses gaining no likelihood) that is the
+expected end state of a policy that answers nearly everything right.
 
 Firing: an alarm name fires once, then stays silent while its condition holds; it re-arms
 after its condition has been false on `window` consecutive evaluated steps, and can then fire
 again. Missing or NaN metrics are skipped: a detector is evaluated only at steps where its
-primary metric is present, and the history it keeps is of present values only.
+primary metric is present, and the history it keeps is of present values only. 0 is a value,
+not a missing one (a gradient norm of exactly 0 is a step without gradient).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ ALARM_NAMES = (
 
 # metric key -> short history name. Reward falls back to rollout/accuracy when absent.
 _KEYS = {
-    "diag/entropy_mean": "entropy",
+    "policy/entropy": "entropy",
     "reward/mean": "reward",
     "diag/zero_adv_frac": "zero_adv",
     "diag/zero_adv_all_correct_frac": "all_correct",
@@ -48,6 +54,11 @@ _KEYS = {
     "rollout/accuracy": "accuracy",
 }
 _STATE_VERSION = 1
+# The ZClip sigma is floored at this fraction of the running mean. A norm within a few
+# percent of its mean is no spike, and with sigma = 0 (identical warmup norms) every later
+# rise would have an enormous z (excess / 1e-6) while the clipped value mu + thr^2·sigma/z equals mu, so the
+# baseline could never move again.
+_GRAD_MIN_REL_STD = 0.01
 
 
 @dataclass
@@ -101,8 +112,9 @@ class AlarmMonitor:
             at or below it reward "plateaus" (reward units; 0.05 = 5 points of accuracy).
         converged_frac: share of the starting accuracy headroom (1 - A0, A0 = mean
             `rollout/accuracy` of the first `window` steps) that the window-mean accuracy has
-            closed, at or above which low entropy counts as convergence, not collapse, and
-            `entropy_collapse` stays quiet.
+            closed, at or above which the run counts as converged: low entropy is then
+            convergence, not collapse, and positive responses have no likelihood left to
+            gain, so `entropy_collapse` and `lld_stagnation` stay quiet.
         lld_tol: |Δ logprob| per token (nats) treated as zero by the LLD rules.
         lld_accel: ratio of late-window to early-window decrease that counts as accelerating.
         zclip_alpha: EMA factor of the gradient-norm mean/variance (ZClip: 0.97).
@@ -268,7 +280,8 @@ class AlarmMonitor:
 
     def _converged(self) -> bool:
         """Accuracy has closed `converged_frac` of its starting headroom: a policy that now
-        answers (nearly) everything right is meant to be near-deterministic."""
+        answers (nearly) everything right is meant to be near-deterministic, and its correct
+        answers are already near probability 1. Unknown accuracy: not converged."""
         acc, a0 = self._hist["accuracy"], self._acc_init
         if not acc or len(a0) < self.window:
             return False
@@ -308,8 +321,22 @@ class AlarmMonitor:
 
     def _check_lld(self) -> dict[str, _Finding | None]:
         """The three LLD phases over the last `window` values D of logp_delta_pos:
-        stagnation: mean(D) <= tol while reward rises (fitted rise > reward_rise_tol);
-        decay: every D < -tol; collapse: decay and mean(late half) <= accel·mean(early half)."""
+        stagnation: mean(D) <= tol while reward rises (fitted rise > reward_rise_tol) and the
+        run has not converged; decay: every D < -tol; collapse: decay and
+        mean(late half) <= accel·mean(early half).
+
+        Why only stagnation is gated on convergence: near convergence most groups are
+        all-correct (zero advantage), and the positive-advantage tokens are the correct
+        answers of the few mixed groups, whose logprob is already near 0, so an update can
+        raise them by at most -logprob ~ 0. GRPO also gives them little weight: 7 right and
+        1 wrong in a group of 8 gives A = +0.35 to each right answer and -2.47 to the wrong
+        one. mean(D) ~ 0 is then the ceiling, not displacement. (On the default arithmetic
+        run stagnation fired at step 14, batch accuracy 97%, before this gate; the tests
+        replay a run of that shape.) Decay is different: the ceiling explains D ~ 0, not
+        D < -tol at every update. A converged policy whose correct answers lose likelihood
+        at every update is moving mass off them, the phase the paper sees before reward
+        crashes, and near convergence the reward curve cannot show it yet; so decay and
+        collapse (which implies decay) are not gated."""
         d, w = self._hist["lpos"], self.window
         if len(d) < w:
             return {"lld_stagnation": None, "lld_decay": None, "lld_collapse": None}
@@ -321,7 +348,7 @@ class AlarmMonitor:
         stagnation = None
         if rise is not None:
             stagnation = _Finding(
-                mean_d <= self.lld_tol and rise > self.reward_rise_tol,
+                mean_d <= self.lld_tol and rise > self.reward_rise_tol and not self._converged(),
                 mean_d,
                 f"Likelihood displacement, stagnation phase: {head} Reward rose by {rise:+.3f}, yet correct "
                 "responses are not becoming more likely: the update is displacing their probability "
@@ -357,10 +384,15 @@ class AlarmMonitor:
         """ZClip (arXiv 2504.02507): z = (g - mu)/(sigma + 1e-6) against EMA statistics that are
         initialised from the first `warmup` norms and then updated with the adaptively clipped
         norm mu + thr^2·sigma/z on a spike (so a spike does not inflate its own baseline).
-        Departure: the EMA never sees ZClip's extra min with max_grad_norm."""
+        Departures: the EMA never sees ZClip's extra min with max_grad_norm; sigma is floored
+        at `_GRAD_MIN_REL_STD`·mu; and a norm of exactly 0 is evaluated (z < 0, never a spike,
+        and it counts towards re-arming) but enters neither the warmup nor the EMA. A zero
+        norm is a step without gradient (every group zero-advantage), not a draw from the
+        distribution of update norms: averaging zeros in would pull mu and sigma towards 0
+        over a saturated stretch, and the next ordinary norm would read as a spike."""
         zc = self._zclip
         if zc["mean"] is None:
-            if math.isfinite(g):
+            if math.isfinite(g) and g > 0:
                 zc["buffer"].append(g)
             if len(zc["buffer"]) >= self.warmup:
                 buf = zc["buffer"]
@@ -368,12 +400,14 @@ class AlarmMonitor:
                 zc["var"] = _mean([(x - zc["mean"]) ** 2 for x in buf])
                 zc["buffer"] = []
             return None
-        mu, std, thr, a = zc["mean"], zc["var"] ** 0.5, self.grad_z_threshold, self.zclip_alpha
+        mu, thr, a = zc["mean"], self.grad_z_threshold, self.zclip_alpha
+        std = max(zc["var"] ** 0.5, _GRAD_MIN_REL_STD * mu)
         z = (g - mu) / (std + 1e-6)
         spike = z > thr
-        eff = mu + thr * thr * std / z if spike else g
-        zc["mean"] = a * mu + (1 - a) * eff
-        zc["var"] = a * zc["var"] + (1 - a) * (eff - zc["mean"]) ** 2
+        if g > 0:
+            eff = mu + thr * thr * std / z if spike else g
+            zc["mean"] = a * mu + (1 - a) * eff
+            zc["var"] = a * zc["var"] + (1 - a) * (eff - zc["mean"]) ** 2
         message = (
             f"Gradient spike: gradient norm {g:.4g} is {z:.1f} standard deviations above its running "
             f"mean {mu:.4g} (ZClip EMA, alpha {a}, threshold z > {thr}). Spikes precede loss "

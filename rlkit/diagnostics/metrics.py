@@ -7,16 +7,25 @@ this batch (e.g. no positive-advantage token, empty mask) is NaN, not 0: a 0 wou
 "likelihood did not move" to the alarms. The logger should drop non-finite values and the
 alarms ignore NaN. Definitions, sources and thresholds: docs/diagnostics.md.
 
+Quantities the trainer already logs are not repeated here (one key per quantity): the
+token-mean entropy is `policy/entropy`, completion length and truncation are
+`rollout/completion_len_mean` and `rollout/truncated_frac`.
+
 Sources:
-- Entropy statistics: Cui et al., "The Entropy Mechanism of RL for Reasoning LMs",
-  arXiv 2505.22617 (entropy is traded for reward, R ≈ -a·e^H + b, and collapses early).
+- Entropy percentiles and position profile: Cui et al., "The Entropy Mechanism of RL for
+  Reasoning LMs", arXiv 2505.22617 (entropy is traded for reward, R ≈ -a·e^H + b, and
+  collapses early).
 - Zero-advantage groups: DAPO dynamic sampling, arXiv 2503.14476 (groups whose rewards are
   all equal give zero GRPO advantage, hence no gradient, and shrink the effective batch).
 - Likelihood displacement of positive / negative responses: LLDS, arXiv 2512.04220;
-  `logp_delta_*` is the per-update form (INTERP in METHODS.md section 4) of the
-  `actor/pos_avg_old_log_prob` curve the LLDS code logs.
+  the abstract gives no formula for the metric. The official code logs the level
+  `actor/pos_avg_old_log_prob` (GitHub repository
+  vengdeng/LLDS-On-Group-Relative-Policy-Optimization-Collapse-in-Search-R1).
+  `logp_delta_*` is rlkit's per-update difference on the same tokens: it isolates what one
+  update did, whereas the level also moves with the prompts drawn at each step.
 - Engine/trainer mismatch: the k3 estimator (Schulman 2020) as in verl / prime-rl
-  `mismatch_kl` (ANCHORS.md, complaint 4).
+  `mismatch_kl`; it is the gap that truncated importance sampling corrects (Yao et al. 2025,
+  "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"; verl PR #2953).
 
 Not computed: the mean top-1 probability. It cannot be derived from the entropy alone (H only
 bounds it: p_max >= e^{-H}), and the trainer forward does not return max logits.
@@ -65,7 +74,6 @@ class DiagInputs:
     old_logprobs: Tensor | None = None  # [N, T] trainer logprobs before the update
     new_logprobs: Tensor | None = None  # [N, T] logprobs after this step's updates, same tokens
     engine_logprobs: Tensor | None = None  # [N, T] rollout engine's logprobs
-    truncated: Tensor | None = None  # [N] bool, finish_reason == "length"
 
 
 def _nan(like: Tensor) -> Tensor:
@@ -116,9 +124,12 @@ def position_bucket_means(x: Tensor, mask: Tensor, buckets: int = POSITION_BUCKE
 
 
 def entropy_metrics(entropy: Tensor, mask: Tensor) -> Metrics:
-    """Token-entropy mean, p10/p50/p90 and the per-quarter position profile (arXiv 2505.22617)."""
+    """Token-entropy p10/p50/p90 and the per-quarter position profile (arXiv 2505.22617).
+
+    The token mean is not here: the trainer logs it as `policy/entropy`.
+    """
     ent = entropy.detach()
-    out = {"diag/entropy_mean": _masked_mean_or_nan(ent, mask)}
+    out: Metrics = {}
     for q, v in zip(ENTROPY_QUANTILES, masked_quantiles(ent, mask, ENTROPY_QUANTILES), strict=True):
         out[f"diag/entropy_p{round(q * 100)}"] = v
     step = 100 // POSITION_BUCKETS
@@ -230,13 +241,10 @@ def step_metrics(
         correct_reward=correct_reward,
         wrong_reward=wrong_reward,
     )
-    out["diag/completion_len_mean"] = mask.sum(dim=1).float().mean()
     if d.entropy is not None:
         out.update(entropy_metrics(d.entropy, mask))
     if d.old_logprobs is not None and d.new_logprobs is not None:
         out.update(logp_delta_metrics(d.old_logprobs, d.new_logprobs, d.advantages, mask))
     if d.old_logprobs is not None and d.engine_logprobs is not None:
         out.update(mismatch_metrics(d.old_logprobs, d.engine_logprobs, mask))
-    if d.truncated is not None:
-        out["diag/truncated_frac"] = d.truncated.detach().float().mean()
     return out

@@ -51,9 +51,9 @@ CHARTS: tuple[ChartSpec, ...] = (
     ),
     ChartSpec(
         "entropy",
-        "Token entropy (policy that generated)",
+        "Token entropy (policy before the update)",
         (
-            ("diag/entropy_mean", "mean"),
+            ("policy/entropy", "mean"),
             ("diag/entropy_p10", "p10"),
             ("diag/entropy_p50", "p50"),
             ("diag/entropy_p90", "p90"),
@@ -249,7 +249,7 @@ def _summary(run_dir: Path, records: list[dict], alarms: list[dict]) -> str:
         "reward/mean",
         "rollout/accuracy",
         "eval/accuracy",
-        "diag/entropy_mean",
+        "policy/entropy",
         "diag/zero_adv_frac",
     )
     last = {k: _series(records, k) for k in keys}

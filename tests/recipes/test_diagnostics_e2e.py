@@ -35,7 +35,7 @@ def collapsed_run(tmp_path_factory) -> Path:
 
 
 def test_entropy_collapse_fires_on_a_collapsing_run(collapsed_run):
-    entropy = [r["diag/entropy_mean"] for r in _metrics(collapsed_run)]
+    entropy = [r["policy/entropy"] for r in _metrics(collapsed_run)]
     # The run really collapsed: the last entropy is far below the first (random init ~ ln V).
     assert entropy[-1] < 0.5 * entropy[0], entropy
     names = [a["name"] for a in _alarms(collapsed_run)]

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_entropy_level_rule_fires_at_expected_step():
     # t=5,6: 1.0 (>= 0.6); trend rule needs 5 strictly falling values: [2,2,2,2,1] is not.
     # t=7: 0.5 < 0.6 -> fires at step 7 (and only once while it stays low).
     ent = [2.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.4, 0.4]
-    stream = [{"diag/entropy_mean": h, "reward/mean": _flat_reward(t)} for t, h in enumerate(ent)]
+    stream = [{"policy/entropy": h, "reward/mean": _flat_reward(t)} for t, h in enumerate(ent)]
     alarms = _run(AlarmMonitor(), stream)
     assert _fired(alarms) == {"entropy_collapse": [7]}
     a = alarms[0]
@@ -63,7 +64,7 @@ def test_entropy_trend_rule_fires_before_level():
     # t=8: [2.0, 1.8, 1.6, 1.4, 1.2] falls every step, slope -0.2/step, projection
     #      1.2 + 5 * (-0.2) = 0.2 < 0.6 -> fires at 8 (the level rule alone would wait to t=12).
     stream = [
-        {"diag/entropy_mean": _linear_decline(t), "reward/mean": _flat_reward(t)} for t in range(14)
+        {"policy/entropy": _linear_decline(t), "reward/mean": _flat_reward(t)} for t in range(14)
     ]
     assert _fired(_run(AlarmMonitor(), stream)) == {"entropy_collapse": [8]}
 
@@ -72,7 +73,7 @@ def test_entropy_decline_with_rising_reward_is_not_collapse():
     # Same entropy as above but reward climbs 0.05/step: fitted rise over 5 steps = 0.2 > 0.05,
     # entropy is being traded for reward (healthy sharpening), so no alarm.
     stream = [
-        {"diag/entropy_mean": _linear_decline(t), "reward/mean": 0.1 + 0.05 * t} for t in range(14)
+        {"policy/entropy": _linear_decline(t), "reward/mean": 0.1 + 0.05 * t} for t in range(14)
     ]
     assert _fired(_run(AlarmMonitor(), stream)) == {}
 
@@ -81,7 +82,7 @@ def test_entropy_short_window_catches_fast_collapse_in_few_steps():
     # window=3 (a 6-10 step end-to-end run): H0 = mean(2.0, 1.6, 1.1) = 1.567, level 0.47.
     # t=2: last three [2.0, 1.6, 1.1] fall every step, slope -0.45, projection
     #      1.1 - 3 * 0.45 = -0.25 < 0.47 -> fires at step 2. No reward logged = plateau.
-    stream = [{"diag/entropy_mean": h} for h in (2.0, 1.6, 1.1, 0.6, 0.3, 0.15)]
+    stream = [{"policy/entropy": h} for h in (2.0, 1.6, 1.1, 0.6, 0.3, 0.15)]
     assert _fired(_run(AlarmMonitor(window=3), stream)) == {"entropy_collapse": [2]}
 
 
@@ -91,7 +92,7 @@ def _healthy_stream(n: int = 120, seed: int = 0) -> list[dict]:
     for t in range(n):
         out.append(
             {
-                "diag/entropy_mean": 2.0 * (1 - 0.002 * t) + rng.uniform(-0.15, 0.15),
+                "policy/entropy": 2.0 * (1 - 0.002 * t) + rng.uniform(-0.15, 0.15),
                 "reward/mean": 0.3 + 0.002 * t + rng.uniform(-0.05, 0.05),
                 "rollout/accuracy": 0.3 + rng.uniform(-0.05, 0.05),
                 "diag/zero_adv_frac": rng.uniform(0.3, 0.85),
@@ -218,16 +219,59 @@ def test_grad_spike_does_not_inflate_its_baseline():
     assert m.state_dict()["zclip"]["mean"] == pytest.approx(1.0, abs=0.01)
 
 
+def test_zero_grad_norm_is_a_calm_step_not_a_missing_one():
+    # A fully saturated step (every group all-correct) has gradient norm exactly 0.
+    # Spike at 30 fires; steps 31-35 are 0.0: evaluated (z = (0 - 1)/0.05 = -20, no spike),
+    # so after window = 5 of them the alarm has re-armed and the spike at 36 fires again.
+    # Were 0 skipped as missing, the alarm would still be active at 36 and stay silent.
+    stream = _grad_stream(40, {30: 3.0, 36: 3.0, **{t: 0.0 for t in range(31, 36)}})
+    assert _fired(_run(AlarmMonitor(), stream)) == {"grad_spike": [30, 36]}
+
+
+def test_zero_grad_norms_leave_the_zclip_statistics_alone():
+    # 100 saturated steps after warmup. Had the zeros entered the EMA, mu would fall to 0.048
+    # (1.0 · 0.97^100) with sigma 0.21, and the next ordinary norm 1.05 would read as a spike
+    # (z = (1.05 - 0.048)/0.21 = 4.8 > 2.5).
+    m = AlarmMonitor()
+    _run(m, _grad_stream(30, {}))
+    before = m.state_dict()["zclip"]
+    for t in range(30, 130):
+        assert m.update(t, {"train/grad_norm": 0.0}) == []
+    assert m.state_dict()["zclip"] == before
+    assert m.update(130, {"train/grad_norm": 1.05}) == []
+
+
+def test_saturated_steps_do_not_count_towards_warmup():
+    # 10 zero norms, then the usual 0.95 / 1.05 noise: mu is initialised from the first 25
+    # non-zero norms (1.0), not from a mix with the zeros (0.6, sigma 0.49).
+    m = AlarmMonitor()
+    assert _fired(_run(m, [{"train/grad_norm": 0.0}] * 10 + _grad_stream(40, {}))) == {}
+    assert m.state_dict()["zclip"]["mean"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_identical_warmup_norms_do_not_pin_the_baseline():
+    # 25 norms of exactly 1.0 give sigma = 0. Without a floor, 1.01 would be z = 0.01/1e-6 =
+    # 1e4, and the clipped value mu + thr^2·0/z = mu would keep the baseline at 1.0 forever.
+    # sigma is floored at 1% of mu: 1.01 is z ~ 1, the baseline follows it to ~1.01, and 1.5
+    # is still a spike (z ~ (1.5 - 1.01)/0.0101 ~ 48).
+    stream = [{"train/grad_norm": 1.0}] * 25 + [{"train/grad_norm": 1.01}] * 100
+    stream.append({"train/grad_norm": 1.5})
+    m = AlarmMonitor()
+    alarms = _run(m, stream)
+    assert _fired(alarms) == {"grad_spike": [125]}
+    assert alarms[0].value == pytest.approx(48, rel=0.05)
+
+
 # ---- robustness and resume ---------------------------------------------------------------
 def test_missing_and_nan_metrics_are_skipped():
     m = AlarmMonitor(window=2)
     assert m.update(0, {}) == []
-    assert m.update(1, {"diag/entropy_mean": math.nan, "train/grad_norm": None}) == []
+    assert m.update(1, {"policy/entropy": math.nan, "train/grad_norm": None}) == []
     # only present values count: H0 = mean(2.0, 2.0) from steps 2 and 4
-    assert m.update(2, {"diag/entropy_mean": 2.0}) == []
+    assert m.update(2, {"policy/entropy": 2.0}) == []
     assert m.update(3, {"reward/mean": 0.5}) == []
-    assert m.update(4, {"diag/entropy_mean": 2.0}) == []
-    assert [a.name for a in m.update(5, {"diag/entropy_mean": 0.1})] == ["entropy_collapse"]
+    assert m.update(4, {"policy/entropy": 2.0}) == []
+    assert [a.name for a in m.update(5, {"policy/entropy": 0.1})] == ["entropy_collapse"]
 
 
 def _mixed_stream() -> list[dict]:
@@ -235,7 +279,7 @@ def _mixed_stream() -> list[dict]:
     out = []
     for t in range(45):
         rec = {
-            "diag/entropy_mean": 2.0 if t < 25 else 0.3,
+            "policy/entropy": 2.0 if t < 25 else 0.3,
             "reward/mean": _flat_reward(t),
             "diag/zero_adv_frac": 0.5 if t < 22 else 0.97,
             "diag/logp_delta_pos": 0.01 if t < 21 else -0.004 * 1.5 ** (t - 21),
@@ -282,7 +326,7 @@ def test_bad_arguments():
 def test_infinite_reward_rise_tol_disables_the_plateau_gate():
     # The rising-reward stream above, with the gate off: the trend rule fires at 8 as before.
     stream = [
-        {"diag/entropy_mean": _linear_decline(t), "reward/mean": 0.1 + 0.05 * t} for t in range(14)
+        {"policy/entropy": _linear_decline(t), "reward/mean": 0.1 + 0.05 * t} for t in range(14)
     ]
     monitor = AlarmMonitor(reward_rise_tol=math.inf)
     assert _fired(_run(monitor, stream)) == {"entropy_collapse": [8]}
@@ -290,7 +334,6 @@ def test_infinite_reward_rise_tol_disables_the_plateau_gate():
 
 def test_docs_cover_every_alarm_and_default():
     import inspect
-    from pathlib import Path
 
     doc = (Path(__file__).parents[3] / "docs" / "diagnostics.md").read_text()
     for name in ALARM_NAMES:
@@ -308,10 +351,14 @@ def test_replayed_default_run_reports_saturation_not_collapse():
     """The metrics of a real `make train` run (tests/data, 50 steps): sampled accuracy rose
     from ~40% to ~100% while entropy fell 1.8 -> 0.05. That is convergence; what the run
     needs to hear is that its prompts became too easy (zero-advantage saturation)."""
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[2] / "data/grpo_math_cpu_metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
+    # Recorded when the token-mean entropy was also logged as diag/entropy_mean; it is the
+    # same quantity as `policy/entropy`, the one key the alarms read now.
+    rows = [
+        {("policy/entropy" if k == "diag/entropy_mean" else k): v for k, v in r.items()}
+        for r in rows
+    ]
     fired = _replay(AlarmMonitor(), rows)
     assert "entropy_collapse" not in fired
     # window mean of zero_adv_frac first exceeds 0.9 at step 17 (see alarms.jsonl of the run)
@@ -327,10 +374,68 @@ def test_replayed_default_run_reports_saturation_not_collapse():
 def test_collapse_at_a_low_ceiling_still_fires():
     # accuracy 0.2 for 5 steps, then stuck at 0.4 while entropy falls to 10% of H0: the window
     # mean 0.4 < 0.2 + 0.75 * 0.8 = 0.8, so this is collapse, not convergence
-    stream = [{"diag/entropy_mean": 2.0, "rollout/accuracy": 0.2} for _ in range(5)]
-    stream += [{"diag/entropy_mean": 0.2, "rollout/accuracy": 0.4} for _ in range(6)]
+    stream = [{"policy/entropy": 2.0, "rollout/accuracy": 0.2} for _ in range(5)]
+    stream += [{"policy/entropy": 0.2, "rollout/accuracy": 0.4} for _ in range(6)]
     fired = _fired(_run(AlarmMonitor(), stream))
     # steps 5.. have H = 0.2 < 0.6; reward (= accuracy here) over the window rises 0.2 -> 0.4
     # until step 8 (window 4..8 = [0.2, 0.4, 0.4, 0.4, 0.4], fitted rise 0.16 > 0.05); at step 9
     # the window is flat at 0.4 -> plateau -> fires
     assert fired == {"entropy_collapse": [9]}
+
+
+# ---- likelihood displacement at convergence ----------------------------------------------
+_LLD = ("lld_stagnation", "lld_decay", "lld_collapse")
+
+
+def _converged_run() -> list[dict]:
+    """GRPO on single-digit arithmetic that converges by step ~10 (data/README.md)."""
+    path = Path(__file__).parent / "data" / "grpo_arith_converged_metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_replayed_converged_run_raises_no_lld_alarm():
+    # At step 14 batch accuracy is 62/64 = 97%: correct answers have no likelihood left to
+    # gain, so positive responses' likelihood not rising is not a problem there.
+    rows = _converged_run()
+    assert rows[13]["step"] == 14 and rows[13]["rollout/accuracy"] == pytest.approx(0.96875)
+    fired = _replay(AlarmMonitor(), rows)
+    assert not set(_LLD) & set(fired), fired
+    # D changes sign (steps 16-20: +0.0007, -0.0004, -0.0013, +0.0002), so decay never holds;
+    # entropy_collapse is held by the same gate; grad warmup (25 non-zero norms) ends at 29.
+    assert fired == {}
+    # Without the gate (converged_frac = 1: only a perfect window is converged) stagnation
+    # fires at 14, as it did in the run: D over steps 10-14 has mean
+    # (0.0012 - 0.0009 + 0.0003 - 0.0006 - 0.0011) / 5 = -0.00022 <= 1e-4, and reward (60, 57,
+    # 61, 63, 62 of 64) has fitted rise (-2·60 - 57 + 63 + 2·62) / 64 / 10 · 4 = 0.0625 > 0.05.
+    # The gate holds it: A0 = (30 + 34 + 37 + 41 + 46) / 5 / 64 = 0.5875, and the window mean
+    # (60 + 57 + 61 + 63 + 62) / 5 / 64 = 0.947 >= 0.5875 + 0.75 · (1 - 0.5875) = 0.897.
+    assert _replay(AlarmMonitor(converged_frac=1.0), rows)["lld_stagnation"] == [14]
+
+
+@pytest.mark.parametrize("accuracy", [0.5, None], ids=["stuck_at_0.5", "not_logged"])
+def test_lld_stagnation_still_fires_when_not_converged(accuracy):
+    # The same likelihood and reward/mean (rising, e.g. a shaped reward whose format bonus is
+    # what is being learned) with accuracy stuck at 0.5: 0.5 < 0.5 + 0.75 · 0.5, not converged.
+    # Accuracy not logged: convergence unknown, not assumed. Either way stagnation fires at 14.
+    rows = []
+    for r in _converged_run():
+        r = {k: v for k, v in r.items() if k != "rollout/accuracy"}
+        rows.append(r if accuracy is None else {**r, "rollout/accuracy": accuracy})
+    fired = _replay(AlarmMonitor(), rows)
+    assert fired["lld_stagnation"] == [14]
+
+
+def test_lld_decay_is_not_gated_on_convergence():
+    # The converged run, but from step 16 on the correct answers lose 0.001 nats/token at
+    # every update. At step 18 D = [-0.0006, -0.0011, -0.001, -0.001, -0.001] (steps 13, 14,
+    # 16, 17, 18; step 15 has no D): all < -1e-4 -> decay, although accuracy's window mean
+    # (62 + 64 + 62 + 63 + 61) / 5 / 64 = 0.975 is converged. Not accelerating: late mean
+    # -0.001 > 2 · early mean -0.00085 -> no collapse.
+    rows = [
+        {**r, "diag/logp_delta_pos": -0.001}
+        if r["step"] >= 16 and "diag/logp_delta_pos" in r
+        else r
+        for r in _converged_run()
+    ]
+    fired = _replay(AlarmMonitor(), rows)
+    assert fired == {"lld_decay": [18]}

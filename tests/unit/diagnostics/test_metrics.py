@@ -59,12 +59,13 @@ def test_effective_batch_token_level_advantages_ignore_padding():
     assert _val(m["diag/effective_batch_frac"]) == pytest.approx(0.5)
 
 
-def test_entropy_mean_and_percentiles():
+def test_entropy_percentiles():
     # counted values sorted: [1, 2, 3, 4, 5] (the 99s are padding)
     ent = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 5.0, 99.0, 99.0]])
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
     m = entropy_metrics(ent, mask)
-    assert _val(m["diag/entropy_mean"]) == pytest.approx(3.0)  # 15 / 5
+    # the token mean (15 / 5 = 3) is the trainer's `policy/entropy`, not repeated under diag/
+    assert not any(k.endswith("entropy_mean") for k in m)
     # linear interpolation at q·(M-1): p10 -> 0.4 -> 1 + 0.4·(2-1) = 1.4; p50 -> 2 -> 3;
     # p90 -> 3.6 -> 4 + 0.6·(5-4) = 4.6
     assert _val(m["diag/entropy_p10"]) == pytest.approx(1.4)
@@ -152,7 +153,6 @@ def test_step_metrics_keys_follow_inputs():
         "diag/zero_adv_all_correct_frac",
         "diag/zero_adv_all_wrong_frac",
         "diag/effective_batch_frac",
-        "diag/completion_len_mean",
     }
     full = step_metrics(
         DiagInputs(
@@ -161,11 +161,9 @@ def test_step_metrics_keys_follow_inputs():
             old_logprobs=-torch.rand(n, t),
             new_logprobs=-torch.rand(n, t),
             engine_logprobs=-torch.rand(n, t),
-            truncated=torch.tensor([True, False, False, False]),
         )
     )
     for key in (
-        "diag/entropy_mean",
         "diag/entropy_p10",
         "diag/entropy_p50",
         "diag/entropy_p90",
@@ -179,9 +177,8 @@ def test_step_metrics_keys_follow_inputs():
         "diag/mismatch_kl",
     ):
         assert key in full, key
-    assert _val(full["diag/truncated_frac"]) == pytest.approx(0.25)
+    assert len(full) == 4 + 7 + 2 + 2  # zero-adv, entropy p*/pos_*, logp_delta, mismatch
     assert _val(full["diag/zero_adv_frac"]) == pytest.approx(0.5)  # group 1 = [1, 1]
-    assert _val(full["diag/completion_len_mean"]) == pytest.approx(3.0)
     assert all(v.dim() == 0 and not v.requires_grad for v in full.values())
 
 
@@ -200,7 +197,6 @@ def test_docs_cover_every_metric_key():
             old_logprobs=-torch.rand(n, t),
             new_logprobs=-torch.rand(n, t),
             engine_logprobs=-torch.rand(n, t),
-            truncated=torch.tensor([False, True]),
         )
     )
     for key in m:
@@ -208,3 +204,23 @@ def test_docs_cover_every_metric_key():
         parts = key.split("_")
         forms = [f"`{key}`"] + [f"`_{'_'.join(parts[i:])}`" for i in range(1, len(parts))]
         assert any(f in doc for f in forms), key
+
+
+def test_no_key_duplicates_a_trainer_metric():
+    # One key per quantity: the token-mean entropy is `policy/entropy`, completion length and
+    # truncation are `rollout/completion_len_mean` / `rollout/truncated_frac` (trainer loop).
+    n, t = 2, 4
+    m = step_metrics(
+        DiagInputs(
+            rewards=torch.tensor([1.0, 0.0]),
+            group_ids=torch.tensor([0, 0]),
+            advantages=torch.tensor([1.0, -1.0]),
+            mask=torch.ones(n, t, dtype=torch.bool),
+            entropy=torch.rand(n, t),
+            old_logprobs=-torch.rand(n, t),
+            new_logprobs=-torch.rand(n, t),
+            engine_logprobs=-torch.rand(n, t),
+        )
+    )
+    removed = {"diag/entropy_mean", "diag/completion_len_mean", "diag/truncated_frac"}
+    assert removed.isdisjoint(m)

@@ -26,7 +26,7 @@ def _make_run(run_dir: Path, *, torn_last_line: bool = True) -> None:
             "time": 1000.0 + t,
             "reward/mean": 0.2 + 0.01 * t,
             "rollout/accuracy": 0.2 + 0.01 * t,
-            "diag/entropy_mean": 2.0 * 0.93**t,
+            "policy/entropy": 2.0 * 0.93**t,
             "diag/entropy_p10": 1.0 * 0.93**t,
             "diag/entropy_p50": 1.9 * 0.93**t,
             "diag/entropy_p90": 3.0 * 0.93**t,
