@@ -11,44 +11,29 @@ function with `pkg.module:function`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+
+from rlkit.registry import Registry
 
 RewardFn = Callable[..., list]
 
-_REGISTRY: dict[str, RewardFn] = {}
+# Params of a reward are its named parameters other than `prompts, completions`: settings
+# (keyword-only, e.g. overlong_penalty's max_len) and, in principle, dataset columns. The
+# `**_` every reward takes for the other columns does not make any setting acceptable.
+REWARDS: Registry[RewardFn] = Registry("reward", name_attr="reward_name", fixed=("prompts", "completions"))
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    def deco(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"reward '{name}' is already registered by {_REGISTRY[name].__module__}")
-        _REGISTRY[name] = fn
-        fn.reward_name = name  # type: ignore[attr-defined]
-        return fn
-
-    return deco
+    return REWARDS.register(name)
 
 
 def available_rewards() -> list[str]:
-    return sorted(_REGISTRY)
+    return REWARDS.names()
 
 
 def get_reward(name: str) -> RewardFn:
     """A registered reward by name, or any function by import path `pkg.module:function`."""
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(f"reward '{name}': cannot import module '{module_name}': {exc}") from None
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise ValueError(f"reward '{name}': module '{module_name}' has no function '{attr}'")
-        return fn
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown reward '{name}'. Known rewards: {', '.join(available_rewards())}")
-    return _REGISTRY[name]
+    return REWARDS.get(name)
 
 
 from rewards import format, length, math  # noqa: E402,F401  (registers the built-ins)

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlkit.registry import Registry, UnknownNameError
+
 
 class ConfigError(ValueError):
     """A recipe config is invalid. The message is meant for the user, verbatim."""
@@ -121,18 +123,28 @@ class RolloutConfig(_Section):
 class RewardSpec(_Section):
     name: str = Field(..., description="A registered reward function (see `rewards`) or `pkg.mod:fn`.")
     weight: float = Field(1.0, description="Coefficient in the summed reward.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the function (checked against its signature)."
+    )
 
 
 class RegularizerSpec(_Section):
-    name: str = Field(..., description="A registered regularizer (rlkit.algorithms.regularizers), e.g. llds.")
+    name: str = Field(
+        ..., description="A registered regularizer (rlkit.algorithms.regularizers), e.g. llds, or `pkg.mod:Class`."
+    )
     coef: float = Field(..., gt=0, description="Coefficient of the term added to the policy loss (LLDS paper: 0.2).")
-    params: dict[str, Any] = Field(default_factory=dict, description="Constructor keyword arguments of the regularizer.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Constructor keyword arguments of the regularizer (it is built at validation)."
+    )
 
 
 class AdvantageConfig(_Section):
-    name: str = Field("grpo", description="A registered advantage estimator (rlkit.algorithms.advantages).")
-    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the estimator.")
+    name: str = Field(
+        "grpo", description="A registered advantage estimator (rlkit.algorithms.advantages) or `pkg.mod:fn`."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the estimator (checked against its signature)."
+    )
 
 
 class LossConfig(_Section):
@@ -141,7 +153,9 @@ class LossConfig(_Section):
     class_path: str | None = Field(
         None, alias="class", description="A user PolicyLoss subclass as `pkg.module:ClassName` (overrides name)."
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="Constructor keyword arguments of the loss.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Constructor keyword arguments of the loss (it is built at validation)."
+    )
 
     @property
     def target(self) -> str:
@@ -248,41 +262,38 @@ class RecipeConfig(_Section):
     @field_validator("rewards")
     @classmethod
     def _known_rewards(cls, specs: list[RewardSpec]) -> list[RewardSpec]:
-        from rewards import available_rewards
+        from rewards import REWARDS
 
-        known = available_rewards()
         for i, spec in enumerate(specs):
-            if ":" not in spec.name and spec.name not in known:
-                raise ValueError(_unknown_name(f"rewards.{i}.name", spec.name, known, "reward functions"))
+            _resolve(REWARDS, spec.name, f"rewards.{i}.name", "reward functions")
+            REWARDS.check_params(spec.name, spec.params, path=f"rewards.{i}.params")
         return specs
 
     @model_validator(mode="after")
     def _algorithm_names(self) -> RecipeConfig:
-        # The registries import torch; done here so `rlkit --help` stays instant.
-        from rlkit.algorithms.advantages import available_advantages, get_advantage
-        from rlkit.algorithms.losses import available_losses
+        # The registries import torch; done here so `rlkit --help` stays instant. Every component
+        # is checked against its signature (the loss and regularizers are built), so a misspelt
+        # or invalid parameter fails here, not at the first training step. No model is loaded.
+        from rlkit.algorithms.advantages import ADVANTAGES
+        from rlkit.algorithms.losses import LOSSES
+        from rlkit.algorithms.regularizers import REGULARIZERS
 
-        adv_names = available_advantages()
-        if self.advantage.name not in adv_names:
-            raise ValueError(_unknown_name("advantage.name", self.advantage.name, adv_names, "advantage estimators"))
-        if getattr(get_advantage(self.advantage.name), "needs_group", False) and self.rollout.group_size < 2:
+        estimator = _resolve(ADVANTAGES, self.advantage.name, "advantage.name", "advantage estimators")
+        ADVANTAGES.check_params(self.advantage.name, self.advantage.params, path="advantage.params")
+        if estimator.needs_group and self.rollout.group_size < 2:
             raise ValueError(
                 f"rollout.group_size is {self.rollout.group_size} but advantage.name "
                 f"'{self.advantage.name}' compares responses within a group; set rollout.group_size >= 2 "
                 "(or pick a batch-level estimator such as reinforce_pp)"
             )
-        if self.loss.class_path is None:
-            loss_names = available_losses()
-            if self.loss.name not in loss_names:
-                raise ValueError(_unknown_name("loss.name", self.loss.name, loss_names, "losses"))
-        from rlkit.algorithms.regularizers import available_regularizers, get_regularizer_class
-
-        reg_names = available_regularizers()
+        loss_field = "loss.class" if self.loss.class_path is not None else "loss.name"
+        _resolve(LOSSES, self.loss.target, loss_field, "losses")
+        _build(LOSSES, self.loss.target, self.loss.params, "loss.params")
         updates = self.trainer.mini_batches * self.trainer.num_iterations
         for i, spec in enumerate(self.regularizers):
-            if spec.name not in reg_names:
-                raise ValueError(_unknown_name(f"regularizers.{i}.name", spec.name, reg_names, "regularizers"))
-            if getattr(get_regularizer_class(spec.name), "needs_trainer_old_logprobs", False):
+            reg_cls = _resolve(REGULARIZERS, spec.name, f"regularizers.{i}.name", "regularizers")
+            _build(REGULARIZERS, spec.name, spec.params, f"regularizers.{i}.params")
+            if reg_cls.needs_trainer_old_logprobs:
                 if updates < 2:
                     raise ValueError(
                         f"regularizers.{i} ({spec.name}) compares the policy with the one that sampled the batch "
@@ -294,10 +305,27 @@ class RecipeConfig(_Section):
         if self.model.teacher_model is not None:
             raise ValueError("model.teacher_model: no distillation term uses a teacher yet (KDRL/PACED are "
                              "planned); remove the field")
-        kl = float(self.loss.params.get("kl_coef", 0.0) or 0.0)
-        if kl < 0:
-            raise ValueError(f"loss.params.kl_coef is {kl}; must be >= 0")
         return self
+
+
+def _resolve(registry: Registry, name: str, field: str, what: str) -> Any:
+    """registry.get(name), its errors at `field`: a name -> did-you-mean, a path -> why it failed."""
+    try:
+        return registry.get(name)
+    except UnknownNameError:
+        raise ValueError(_unknown_name(field, name, registry.names(), what)) from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def _build(registry: Registry, name: str, params: dict[str, Any], path: str) -> Any:
+    """Build a component from its params: an unknown or missing parameter fails at
+    `<path>.<param>` (ParamError), a value the constructor refuses at `<path>`."""
+    make = registry.bind(name, params, path=path)
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- errors
@@ -381,6 +409,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         try:
             _apply_override(raw, item)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML: {exc}") from None
         except (IndexError, ValueError, TypeError, KeyError) as exc:
             if isinstance(exc, ConfigError):
                 raise

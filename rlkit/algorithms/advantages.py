@@ -27,7 +27,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rlkit.registry import Registry, UnknownNameError
+
 __all__ = [
+    "ADVANTAGES",
     "UnknownNameError",
     "available_advantages",
     "dr_grpo",
@@ -43,42 +46,29 @@ __all__ = [
 ]
 
 
-class UnknownNameError(ValueError, KeyError):
-    """Unknown registry name. Catchable as ValueError or KeyError; message lists known names."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable
-        return str(self.args[0]) if self.args else ""
-
-
-_ADVANTAGES: dict[str, Callable[..., Tensor]] = {}
+# The one dispatcher of estimators. Params are the keywords after the calling convention
+# (`rewards, group_ids, *, mask`); `needs_group` declares whether rows are compared within
+# their group (the config then requires rollout.group_size >= 2).
+ADVANTAGES: Registry[Callable[..., Tensor]] = Registry(
+    "advantage estimator",
+    name_attr="estimator_name",
+    fixed=("rewards", "group_ids", "mask"),
+    declared={"needs_group": True},
+)
 
 
 def register_advantage(name: str, *, needs_group: bool = True):
     """Register an estimator under `name`; sets `fn.needs_group` (False: groups unused)."""
-
-    def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        old = _ADVANTAGES.get(name)
-        if old is not None and old.__qualname__ != fn.__qualname__:
-            raise ValueError(f"advantage estimator {name!r} is already registered ({old})")
-        fn.needs_group = needs_group
-        fn.estimator_name = name
-        _ADVANTAGES[name] = fn
-        return fn
-
-    return deco
+    return ADVANTAGES.register(name, needs_group=needs_group)
 
 
 def available_advantages() -> list[str]:
-    return sorted(_ADVANTAGES)
+    return ADVANTAGES.names()
 
 
-def get_advantage(name: str) -> Callable[..., Tensor]:
-    try:
-        return _ADVANTAGES[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown advantage estimator {name!r}; known: {', '.join(available_advantages())}"
-        ) from None
+def get_advantage(name_or_path: str) -> Callable[..., Tensor]:
+    """A registered estimator, or any function by import path `pkg.module:function`."""
+    return ADVANTAGES.get(name_or_path)
 
 
 # ---------------------------------------------------------------------------------------

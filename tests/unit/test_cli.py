@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,65 @@ def test_train_bad_config_fails_before_launching(tmp_path, capsys, monkeypatch):
 def test_bench_unknown_name_exits_2(capsys):
     assert main(["bench", "no_such_benchmark"]) == 2
     assert "unknown benchmark 'no_such_benchmark'. Available:" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- validate: params
+
+CPU_CFG = str(REPO / "recipes" / "configs" / "grpo_math_cpu.yaml")
+LLDS_NEEDS = ["trainer.use_engine_logprobs=false", "trainer.mini_batches=2"]
+# What validation must never import: it builds the loss and regularizers, loads no model.
+TRAINING_ONLY = ["transformers", "deepspeed", "vllm", "accelerate"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "suggestion"),
+    [
+        (["loss.params.clip_hgh=0.3"], "loss.params.clip_hgh", "clip_high"),
+        (["advantage.params.scal=batch"], "advantage.params.scal", "scale"),
+        (["regularizers=[{name: llds, coef: 0.2, params: {gat: action}}]", *LLDS_NEEDS],
+         "regularizers.0.params.gat", "gate"),
+        (["rewards=[{name: overlong_penalty, params: {max_len: 64, cach_len: 8}}]"],
+         "rewards.0.params.cach_len", "cache_len"),
+    ],
+    ids=["loss", "advantage", "regularizer", "reward"],
+)
+def test_validate_unknown_param_names_its_path_and_the_close_one(overrides, path, suggestion, capsys):
+    assert main(["validate", CPU_CFG, *overrides]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert f"config error at {path}: unknown parameter of " in out.err
+    assert f"did you mean '{suggestion}'? Accepted: " in out.err
+
+
+def test_validate_console_script_unknown_loss_param_exits_2_quickly():
+    exe = Path(sys.executable).parent / "rlkit"
+    start = time.monotonic()
+    proc = subprocess.run([str(exe), "validate", CPU_CFG, "loss.params.clip_hgh=0.3"],
+                          capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert ("config error at loss.params.clip_hgh: unknown parameter of loss 'grpo' (GRPOLoss); "
+            "did you mean 'clip_high'? Accepted: agg_mode, clip_high,") in proc.stderr
+    assert elapsed < 20, f"validate took {elapsed:.1f} s (interpreter + torch import is a few s)"
+
+
+_LOAD_PROBE = """
+import json, sys
+from rlkit.config import load_config
+cfg = load_config(%r, %r)
+print(json.dumps([m for m in %r if m in sys.modules]))
+"""
+
+
+def test_validate_checks_every_component_without_training_libraries():
+    # A config with every kind of component and params: all of them get bound or built.
+    overrides = [
+        "regularizers=[{name: llds, coef: 0.2, params: {gate: response}}]", *LLDS_NEEDS,
+        "rewards=[{name: exact_number}, {name: overlong_penalty, params: {max_len: 32, cache_len: 8}}]",
+        "loss.params.kl_coef=0.01", "advantage.params.scale=batch",
+    ]
+    proc = subprocess.run([sys.executable, "-c", _LOAD_PROBE % (CPU_CFG, overrides, TRAINING_ONLY)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -6,6 +6,7 @@ accepted, and the close valid key for a typo (issue 2, acceptance 3).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,8 +170,103 @@ BAD_CONFIGS = [
     ),
     (
         "negative_kl_coef",
+        # The loss is built at validation: its constructor's refusal, at the params' path.
         _cfg(loss={"name": "grpo", "params": {"kl_coef": -0.1}}),
-        ["loss.params.kl_coef is -0.1", "must be >= 0"],
+        ["config error at loss.params: kl_coef must be >= 0, got -0.1"],
+    ),
+    (
+        "unknown_agg_mode",
+        _cfg(loss={"name": "dapo", "params": {"agg_mode": "token_sum"}}),
+        ["config error at loss.params: unknown agg_mode 'token_sum'; choose one of token_mean"],
+    ),
+    (
+        "unknown_loss_param",
+        _cfg(loss={"name": "grpo", "params": {"clip_hgh": 0.3}}),
+        [
+            "config error at loss.params.clip_hgh: unknown parameter of loss 'grpo' (GRPOLoss); "
+            "did you mean 'clip_high'? Accepted: agg_mode, clip_high, clip_low, dual_clip,",
+        ],
+    ),
+    (
+        "unknown_advantage_param",
+        _cfg(advantage={"name": "grpo", "params": {"scal": "batch"}}),
+        [
+            "config error at advantage.params.scal: unknown parameter of advantage estimator 'grpo'; "
+            "did you mean 'scale'? Accepted: eps, scale."
+        ],
+    ),
+    (
+        "advantage_without_params",
+        _cfg(advantage={"name": "dr_grpo", "params": {"scale": "none"}}),
+        ["config error at advantage.params.scale: unknown parameter of advantage estimator "
+         "'dr_grpo'. Accepted: (none)."],
+    ),
+    (
+        "unknown_regularizer_param",
+        _cfg(regularizers=[{"name": "llds", "coef": 0.2, "params": {"gat": "action"}}],
+             trainer={"mini_batches": 2, "use_engine_logprobs": False}),
+        [
+            "config error at regularizers.0.params.gat: unknown parameter of regularizer 'llds' "
+            "(LLDS); did you mean 'gate'? Accepted: gate."
+        ],
+    ),
+    (
+        "bad_regularizer_value",
+        _cfg(regularizers=[{"name": "llds", "coef": 0.2, "params": {"gate": "chunk"}}],
+             trainer={"mini_batches": 2, "use_engine_logprobs": False}),
+        ["config error at regularizers.0.params: unknown LLDS gate 'chunk'; choose one of action, response"],
+    ),
+    (
+        "unknown_reward_param",
+        _cfg(rewards=[{"name": "overlong_penalty", "params": {"max_len": 64, "cach_len": 8}}]),
+        [
+            "config error at rewards.0.params.cach_len: unknown parameter of reward 'overlong_penalty'; "
+            "did you mean 'cache_len'? Accepted: cache_len, completion_lengths, max_len."
+        ],
+    ),
+    (
+        "missing_reward_param",
+        _cfg(rewards=[{"name": "overlong_penalty", "params": {"max_len": 64}}]),
+        [
+            "config error at rewards.0.params.cache_len: required parameter of reward "
+            "'overlong_penalty' is missing; set rewards.0.params.cache_len"
+        ],
+    ),
+    (
+        "reward_catch_all_accepts_no_setting",
+        # exact_number takes `**_` for dataset columns; that does not make `foo` a setting.
+        _cfg(rewards=[{"name": "exact_number", "params": {"foo": 1}}]),
+        ["config error at rewards.0.params.foo: unknown parameter of reward 'exact_number'. Accepted: answer."],
+    ),
+    (
+        "reward_import_path_param",
+        _cfg(rewards=[{"name": "rewards.length:overlong_penalty", "params": {"max_len": 64, "cach_len": 8}}]),
+        [
+            "config error at rewards.0.params.cach_len: unknown parameter of reward "
+            "'rewards.length:overlong_penalty' (overlong_penalty); did you mean 'cache_len'?"
+        ],
+    ),
+    (
+        "reward_import_path_missing_module",
+        _cfg(rewards=[{"name": "no_such_pkg.mod:fn"}]),
+        ["config error at rewards.0.name: reward 'no_such_pkg.mod:fn': cannot import module 'no_such_pkg.mod'"],
+    ),
+    (
+        "loss_class_missing_module",
+        _cfg(loss={"class": "no_such_pkg.mod:MyLoss"}),
+        ["config error at loss.class: loss 'no_such_pkg.mod:MyLoss': cannot import module 'no_such_pkg.mod'"],
+    ),
+    (
+        "loss_class_not_a_policy_loss",
+        _cfg(loss={"class": "rlkit.algorithms.regularizers:LLDS"}),
+        ["config error at loss.class: loss 'rlkit.algorithms.regularizers:LLDS' is ",
+         "not a subclass of rlkit.algorithms.losses.PolicyLoss"],
+    ),
+    (
+        "advantage_import_path_missing_attribute",
+        _cfg(advantage={"name": "rlkit.algorithms.advantages:gae"}),
+        ["config error at advantage.name: advantage estimator 'rlkit.algorithms.advantages:gae': "
+         "module 'rlkit.algorithms.advantages' has no attribute 'gae'"],
     ),
     (
         "empty_rewards",
@@ -207,12 +303,53 @@ def test_group_rule_only_for_group_relative_estimators():
     )
 
 
-def test_reward_import_path_and_loss_class_skip_the_registries():
-    cfg = config_from_dict(
-        _cfg(rewards=[{"name": "rewards.math:exact_number"}], loss={"class": "pkg.mod:MyLoss"})
-    )
+_USER_MODULE = """
+from rlkit.algorithms.losses import GRPOLoss
+
+
+class MyLoss(GRPOLoss):
+    def __init__(self, *, nll_coef: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if nll_coef < 0:
+            raise ValueError(f"nll_coef must be >= 0, got {nll_coef}")
+        self.nll_coef = nll_coef
+
+
+def my_reward(prompts, completions, answer, *, bonus: float, **_):
+    return [bonus] * len(completions)
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "cfg_user_ext.py").write_text(_USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "cfg_user_ext"
+    sys.modules.pop("cfg_user_ext", None)
+
+
+def test_import_paths_are_resolved_and_their_params_checked(user_module):
+    # A user loss and reward are named by import path and checked like the built-ins:
+    # the loss is built (its own params and the inherited GRPO ones), the reward bound.
+    cfg = config_from_dict(_cfg(
+        rewards=[{"name": "rewards.math:exact_number"},
+                 {"name": f"{user_module}:my_reward", "params": {"bonus": 0.5}}],
+        loss={"class": f"{user_module}:MyLoss", "params": {"nll_coef": 0.1, "clip_high": 0.28}},
+    ))
     assert cfg.rewards[0].name == "rewards.math:exact_number"
-    assert cfg.loss.target == "pkg.mod:MyLoss"
+    assert cfg.loss.target == f"{user_module}:MyLoss"
+    assert "config error at loss.params.nll_coeff: unknown parameter of loss " in _error(
+        _cfg(loss={"class": f"{user_module}:MyLoss", "params": {"nll_coeff": 0.1}}))
+    assert "config error at loss.params: nll_coef must be >= 0, got -1" in _error(
+        _cfg(loss={"class": f"{user_module}:MyLoss", "params": {"nll_coef": -1}}))
+    assert "config error at rewards.0.params.bonus: required parameter of reward" in _error(
+        _cfg(rewards=[{"name": f"{user_module}:my_reward"}]))
+
+
+def test_a_bad_loss_class_is_reported_at_loss_class():
+    # loss.class replaces loss.name; an error in it is reported at loss.class.
+    msg = _error(_cfg(loss={"name": "grpo", "class": "rlkit.algorithms.losses:GRPOLos"}))
+    assert msg.startswith("config error at loss.class: loss 'rlkit.algorithms.losses:GRPOLos': module")
 
 
 def test_defaults_of_a_minimal_config():
@@ -263,6 +400,10 @@ def test_override_value_is_validated_like_yaml():
         (
             "model.name_or_path.extra=1",
             "override 'model.name_or_path.extra': 'name_or_path' is not a section",
+        ),
+        (
+            "regularizers=[{name: llds, coef:",
+            "override 'regularizers=[{name: llds, coef:': the value is not valid YAML",
         ),
     ],
 )

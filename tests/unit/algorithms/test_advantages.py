@@ -67,7 +67,7 @@ def test_register_duplicate_name_rejected():
         register_advantage("grpo")(other)
     fn = register_advantage("_test_tmp", needs_group=False)(other)
     assert fn.needs_group is False and get_advantage("_test_tmp") is other
-    del A._ADVANTAGES["_test_tmp"]
+    A.ADVANTAGES.unregister("_test_tmp")
 
 
 # --------------------------------------------------------------------------- grpo

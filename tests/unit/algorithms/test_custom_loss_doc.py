@@ -56,7 +56,7 @@ def test_doc_example_builds_from_yaml_and_matches_hand_value(doc_loss):
 
 
 def test_doc_example_rejects_misspelt_param(doc_loss):
-    with pytest.raises(TypeError, match="nll_coeff.*accepted: agg_mode, clip_high, clip_low"):
+    with pytest.raises(TypeError, match="nll_coeff.*Accepted: agg_mode, clip_high, clip_low"):
         build_loss(doc_loss["class"], nll_coeff=0.5)
 
 
