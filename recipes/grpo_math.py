@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, see ENVIRONMENT.md
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, see docs/environment.md
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from rlkit.config import ConfigError, RecipeConfig, dump_config, load_config  # noqa: E402
+from rlkit.trainer.state import Components, RunState, Sample, StepResult  # noqa: E402
 
 log = logging.getLogger("grpo_math")
 
@@ -31,8 +32,10 @@ log = logging.getLogger("grpo_math")
 # ----------------------------------------------------------------------------- setup
 
 
-def setup(cfg: RecipeConfig):
-    """Everything the loop needs, built in dependency order."""
+def setup(cfg: RecipeConfig) -> Components:
+    """Every part of the run, in dependency order: the accelerator first (it decides the
+    process layout), then the policy (DeepSpeed needs the accelerator), then what the loss
+    declares it needs, then the engine (it reads the same model directory), then data."""
     import torch
 
     import rewards as reward_registry
@@ -43,12 +46,13 @@ def setup(cfg: RecipeConfig):
     from rlkit.diagnostics.alarms import AlarmMonitor
     from rlkit.platform import resolve_dtype
     from rlkit.rollout.engine import build_engine
+    from rlkit.rollout.types import SamplingConfig
+    from rlkit.trainer.collect import RewardFunction
     from rlkit.trainer.deepspeed import build_accelerator, build_policy, load_causal_lm
-    from rlkit.trainer.loop import ForwardSettings, RewardFunction
+    from rlkit.trainer.update import ForwardSettings, ScaledRegularizer
 
-    run_dir = Path(cfg.run.output_dir)
     torch.manual_seed(cfg.trainer.seed)
-    accelerator = build_accelerator(cfg.trainer, cfg.model, list(cfg.logging.trackers), str(run_dir))
+    accelerator = build_accelerator(cfg.trainer, cfg.model, list(cfg.logging.trackers), cfg.run.output_dir)
     if cfg.rollout.prompts_per_step % accelerator.num_processes:
         raise ConfigError(f"rollout.prompts_per_step: {cfg.rollout.prompts_per_step} prompts cannot be split "
                           f"evenly over {accelerator.num_processes} processes; use a multiple of "
@@ -57,9 +61,10 @@ def setup(cfg: RecipeConfig):
     policy = build_policy(accelerator, model_path, cfg.model, cfg.trainer)
 
     loss_fn = build_loss(cfg.loss.target, **cfg.loss.params)
-    regularizers = [(spec.coef, build_regularizer(spec.name, **spec.params)) for spec in cfg.regularizers]
+    regularizers = tuple(ScaledRegularizer(spec.coef, build_regularizer(spec.name, **spec.params))
+                         for spec in cfg.regularizers)
     ref_model = None
-    if getattr(loss_fn, "kl_coef", 0.0):
+    if loss_fn.needs_ref_model:  # declared by the loss; a run without a KL term never loads it
         ref_model = load_causal_lm(resolve_model(cfg.model.ref_model or cfg.model.name_or_path), trainable=False)
         ref_model.to(accelerator.device)  # the policy's device (DeepSpeed moved the policy there)
 
@@ -71,212 +76,196 @@ def setup(cfg: RecipeConfig):
         distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None,
     )
     train_problems, eval_problems = load_problems(cfg.data)
-    sampler = PromptSampler(len(train_problems), seed=cfg.data.seed)
-    reward_fns = [RewardFunction(s.name, reward_registry.get_reward(s.name), s.weight, dict(s.params))
-                  for s in cfg.rewards]
     d = cfg.diagnostics
-    monitor = AlarmMonitor(entropy_collapse_frac=d.entropy_collapse_frac, zero_adv_frac=d.zero_adv_frac,
-                           grad_z_threshold=d.grad_z_threshold, window=d.window, warmup=d.warmup,
-                           reward_rise_tol=d.reward_rise_tol, converged_frac=d.converged_frac)
-    pad_id = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
-    fs = ForwardSettings(temperature=max(r.temperature, 1e-5), chunk_size=cfg.trainer.logprob_chunk_size,
-                         pad_id=pad_id, shared_prefix=cfg.trainer.shared_prefix,
-                         micro_batch_tokens=cfg.trainer.micro_batch_tokens)
-    return dict(run_dir=run_dir, accelerator=accelerator, policy=policy, loss_fn=loss_fn, regularizers=regularizers,
-                ref_model=ref_model,
-                engine=engine, train_problems=train_problems, eval_problems=eval_problems, sampler=sampler,
-                reward_fns=reward_fns, monitor=monitor, fs=fs)
+    return Components(
+        run_dir=Path(cfg.run.output_dir), accelerator=accelerator, policy=policy, loss_fn=loss_fn,
+        regularizers=regularizers, ref_model=ref_model, engine=engine,
+        train_problems=train_problems, eval_problems=eval_problems,
+        sampler=PromptSampler(len(train_problems), seed=cfg.data.seed),
+        reward_fns=tuple(RewardFunction(s.name, reward_registry.get_reward(s.name), s.weight, dict(s.params))
+                         for s in cfg.rewards),
+        monitor=AlarmMonitor(entropy_collapse_frac=d.entropy_collapse_frac, zero_adv_frac=d.zero_adv_frac,
+                             grad_z_threshold=d.grad_z_threshold, window=d.window, warmup=d.warmup,
+                             reward_rise_tol=d.reward_rise_tol, converged_frac=d.converged_frac),
+        forward=ForwardSettings(temperature=max(r.temperature, 1e-5), chunk_size=cfg.trainer.logprob_chunk_size,
+                                pad_id=engine.pad_id, shared_prefix=cfg.trainer.shared_prefix,
+                                micro_batch_tokens=cfg.trainer.micro_batch_tokens, gen_budget=r.max_new_tokens),
+        sampling=SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, stop=list(r.stop)),
+    )
 
 
-def restore(cfg: RecipeConfig, s: dict) -> int:
+def restore(cfg: RecipeConfig, c: Components) -> int:
     """Resume from the newest checkpoint in the run directory, if any. Returns the start step."""
     from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint
-    from rlkit.trainer.loop import sync_weights
+    from rlkit.trainer.update import sync_weights
 
-    ckpt = latest_checkpoint(s["run_dir"]) if cfg.run.resume else None
+    ckpt = latest_checkpoint(c.run_dir) if cfg.run.resume else None
     if ckpt is None:
         return 0
-    state = load_checkpoint(s["accelerator"], ckpt)
-    s["sampler"].load_state_dict(state["sampler"])
-    s["monitor"].load_state_dict(state["alarms"])
-    sync_weights(s["engine"], s["policy"])  # the engine starts from the base model: bring it up to date
+    state = load_checkpoint(c.accelerator, ckpt)
+    c.sampler.load_state_dict(state["sampler"])
+    c.monitor.load_state_dict(state["alarms"])
+    sync_weights(c.engine, c.policy)  # the engine starts from the base model: bring it up to date
     return int(state["step"])
 
 
 # ----------------------------------------------------------------------------- one step
 
 
-def train_step(cfg: RecipeConfig, s: dict, step: int) -> dict:
-    import torch
+def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
+    """Rollouts -> rewards -> advantages -> update -> weight sync -> metrics, for one step."""
 
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
-    from rlkit.rollout.types import SamplingConfig
-    from rlkit.trainer.loop import (
-        all_across_ranks,
+    from rlkit.rollout.weight_sync import trainer_weights_for_engine
+    from rlkit.trainer.collect import (
         collect_rollouts,
         compute_advantages,
-        mean_across_ranks,
-        policy_update,
-        rank_shard,
         rollout_metrics,
-        score_rollouts,
         seed_rollout,
+    )
+    from rlkit.trainer.distributed import (
+        all_across_ranks,
+        distinct_across_ranks,
+        mean_across_ranks,
+        rank_shard,
+        sum_across_ranks,
+    )
+    from rlkit.trainer.update import (
+        batch_logprobs,
+        policy_update,
+        post_update_logprobs,
         sync_weights,
     )
 
-    r, t, acc = cfg.rollout, cfg.trainer, s["accelerator"]
-    t0 = time.perf_counter()
-    sampling = SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                              max_new_tokens=r.max_new_tokens, stop=list(r.stop))
-    mine: list[int] = []  # indices of the prompts this rank drew this step
-    score_seconds = 0.0
+    r, t, acc = cfg.rollout, cfg.trainer, c.accelerator
+    t_step = time.perf_counter()
 
-    def draw():
-        # Every rank draws the same indices (one sampler state) and keeps its share of them.
-        share = rank_shard(s["sampler"].next_indices(r.prompts_per_step), acc.process_index, acc.num_processes)
-        mine.extend(share)
-        return [s["train_problems"][i] for i in share]
-
-    def generate(problems):
-        return s["engine"].generate([p.prompt for p in problems], r.group_size, sampling)
-
-    def score(batch, problems):
-        nonlocal score_seconds
-        ts = time.perf_counter()
-        scored = score_rollouts(batch, problems, s["reward_fns"])
-        score_seconds += time.perf_counter() - ts
-        return scored
-
+    # 1. Rollouts, scored. Every rank draws the same indices (one sampler state) and keeps its
+    #    share; the samples are a function of (seed, step, rank), so a resumed run repeats them.
     seed_rollout(t.seed, step, acc.process_index)
-    got = collect_rollouts(draw, generate, score, dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds,
-                           pad_id=s["fs"].pad_id, all_ranks=lambda done: all_across_ranks(acc, done))
-    batch, problems, scored = got.batch, got.problems, got.scored
+    got = collect_rollouts(
+        lambda: rank_shard(c.sampler.next_indices(r.prompts_per_step), acc.process_index, acc.num_processes),
+        c.train_problems,
+        lambda problems: c.engine.generate([p.prompt for p in problems], r.group_size, c.sampling),
+        c.reward_fns, dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds, pad_id=c.engine.pad_id,
+        all_ranks=lambda done: all_across_ranks(acc, done),
+    )
+    batch, scored = got.batch, got.scored
     batch.rewards = scored.rewards
-    generate_seconds = time.perf_counter() - t0 - score_seconds
-    ts = time.perf_counter()
+
+    # 2. Advantages.
+    t_adv = time.perf_counter()
     advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, scored.rewards,
                                     batch.group_ids, batch.completion_mask)
-    t2 = time.perf_counter()
-    score_seconds += t2 - ts
 
+    # 3. The update. Old logprobs: the engine's (on-policy, one update), or the trainer's own
+    #    when the batch is reused (several mini-batches or iterations).
+    t_train = time.perf_counter()
     old = batch.engine_logprobs if t.use_engine_logprobs else None
     if old is None and (t.num_iterations > 1 or t.mini_batches > 1):
-        from rlkit.trainer.loop import batch_logprobs
+        old, _ = batch_logprobs(c.policy.unwrapped(), batch, c.forward, c.policy.autocast)
+    update = policy_update(c.policy, c.loss_fn, batch, advantages, old_logprobs=old, ref_model=c.ref_model,
+                           fs=c.forward, num_iterations=t.num_iterations, mini_batches=t.mini_batches,
+                           regularizers=c.regularizers)
 
-        old, _ = batch_logprobs(s["policy"].unwrapped(), batch, s["fs"], s["policy"].autocast)
-    update = policy_update(s["policy"], s["loss_fn"], batch, advantages, old_logprobs=old,
-                           ref_model=s["ref_model"], fs=s["fs"], num_iterations=t.num_iterations,
-                           mini_batches=t.mini_batches, regularizers=s["regularizers"])
-    t3 = time.perf_counter()
-    sync_seconds = sync_weights(s["engine"], s["policy"])
+    # 4. Weight sync, optionally read back (0.0 = the engine serves exactly the trainer's weights).
+    t_sync = time.perf_counter()
+    sync_weights(c.engine, c.policy)
+    sync_diff = None
     if t.verify_sync:
-        from rlkit.trainer.loop import engine_weight_mismatch
+        sync_diff = c.engine.max_weight_diff(trainer_weights_for_engine(c.policy.unwrapped()))
+    t_end = time.perf_counter()
 
-        s["sync_diff"] = engine_weight_mismatch(s["engine"], s["policy"])
-
+    # 5. Metrics: one key per quantity, tensors until the logger turns them into numbers.
     metrics = {**rollout_metrics(batch, scored), **got.metrics, **update.metrics}
     if cfg.diagnostics.enabled:
         new_lp = None
         if cfg.diagnostics.post_update_logprobs:
-            from rlkit.trainer.loop import post_update_logprobs
-
-            new_lp = post_update_logprobs(s["policy"], batch, advantages, update.first_logprobs, s["fs"])
-        diag = step_metrics(DiagInputs(
+            new_lp = post_update_logprobs(c.policy, batch, advantages, update.first_logprobs, c.forward)
+        metrics.update(step_metrics(DiagInputs(
             rewards=scored.rewards, group_ids=batch.group_ids, advantages=advantages,
             mask=batch.completion_mask, entropy=update.entropy, old_logprobs=update.first_logprobs,
-            new_logprobs=new_lp, engine_logprobs=batch.engine_logprobs,
-            truncated=torch.tensor([f == "length" for f in batch.finish_reason])))
-        metrics.update(diag)
+            new_logprobs=new_lp, engine_logprobs=batch.engine_logprobs)))
     metrics.update({
-        "train/grad_norm": s["policy"].grad_norm() or float("nan"), "train/lr": s["policy"].lr(),
-        "train/nonfinite_skips": update.nonfinite_skips,
-        "time/generate": generate_seconds, "time/score": score_seconds, "time/train": t3 - t2, "time/sync": sync_seconds,
-        "time/step": time.perf_counter() - t0, "rollout/tokens_per_s": float(batch.completion_lengths.sum()) / generate_seconds,
+        "train/grad_norm": c.policy.grad_norm(), "train/lr": c.policy.lr(),
+        "time/generate": got.generate_seconds, "time/score": got.score_seconds,
+        "time/advantage": t_train - t_adv, "time/train": t_sync - t_train, "time/sync": t_end - t_sync,
+        "time/step": time.perf_counter() - t_step,
+        "rollout/tokens_per_s": float(batch.completion_lengths.sum()) / max(got.generate_seconds, 1e-9),
     })
+    if sync_diff is not None:
+        metrics["train/sync_max_abs_diff"] = sync_diff
+    metrics = mean_across_ranks(acc, metrics, weight=len(got.drawn))
+    metrics["rollout/distinct_prompts"] = distinct_across_ranks(acc, got.drawn)
+    skips = int(sum_across_ranks(acc, update.nonfinite_skips))
+    metrics["train/nonfinite_skips"] = skips
+    samples = []
     if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
-        s["samples"] = [{"prompt": problems[i // r.group_size].prompt, "completion": batch.completion_texts[i],
-                         "reward": float(scored.rewards[i])} for i in range(0, len(batch.completion_texts), r.group_size)]
-    if "sync_diff" in s:
-        metrics["train/sync_max_abs_diff"] = s.pop("sync_diff")
-    metrics = mean_across_ranks(acc, metrics, weight=len(mine))
-    metrics["rollout/distinct_prompts"] = _distinct_across_ranks(acc, mine)
-    return metrics
-
-
-def _distinct_across_ranks(accelerator, indices: list[int]) -> int:
-    """How many different prompts all ranks together trained on this step (= prompts_per_step
-    unless ranks duplicate work)."""
-    if accelerator.num_processes == 1:
-        return len(set(indices))
-    from accelerate.utils import gather_object
-
-    return len(set(gather_object(list(indices))))
+        samples = [Sample(got.problems[i // r.group_size].prompt, batch.completion_texts[i], float(scored.rewards[i]))
+                   for i in range(0, batch.num_rows, r.group_size)]
+    return StepResult(metrics=metrics, nonfinite_skips=skips, samples=samples, sync_max_abs_diff=sync_diff)
 
 
 # ----------------------------------------------------------------------------- loop
 
 
 def train(cfg: RecipeConfig) -> Path:
+    from dataclasses import asdict
+
     from rlkit.trainer.checkpoint import export_model, save_checkpoint
-    from rlkit.trainer.loop import evaluate
+    from rlkit.trainer.collect import evaluate
     from rlkit.trainer.tracking import RunLogger
 
-    s = setup(cfg)
-    run_dir, policy, engine = s["run_dir"], s["policy"], s["engine"]
-    start = restore(cfg, s)
-    if s["accelerator"].is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-    logger = RunLogger(run_dir, accelerator=s["accelerator"], tensorboard=cfg.logging.tensorboard,
+    c = setup(cfg)
+    state = RunState(step=restore(cfg, c))
+    if c.accelerator.is_main_process:
+        c.run_dir.mkdir(parents=True, exist_ok=True)
+        (c.run_dir / "config.yaml").write_text(dump_config(cfg))
+    logger = RunLogger(c.run_dir, accelerator=c.accelerator, tensorboard=cfg.logging.tensorboard,
                        trackers=list(cfg.logging.trackers), total_steps=cfg.trainer.max_steps,
-                       progress=cfg.logging.progress, start_step=start, config=cfg.model_dump(mode="json"))
+                       progress=cfg.logging.progress, start_step=state.step, config=cfg.model_dump(mode="json"))
     ev = cfg.eval
-    do_eval = ev.enabled and s["eval_problems"]
-    if do_eval and start == 0:
-        logger.log(0, evaluate(engine, s["eval_problems"], s["reward_fns"][0], max_new_tokens=ev.max_new_tokens,
-                               seed=cfg.trainer.seed, accelerator=s["accelerator"]))
+    do_eval = ev.enabled and bool(c.eval_problems)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(s["accelerator"], run_dir, step,
-                        {"sampler": s["sampler"].state_dict(), "alarms": s["monitor"].state_dict()},
-                        keep_last=cfg.trainer.keep_last)
+    def held_out() -> dict[str, float]:
+        return evaluate(c.engine, c.eval_problems, c.reward_fns[0], max_new_tokens=ev.max_new_tokens,
+                        seed=cfg.trainer.seed, accelerator=c.accelerator)
 
+    if do_eval and state.step == 0:
+        logger.log(0, held_out())
     stop_reason = None
-    for step in range(start + 1, cfg.trainer.max_steps + 1):
-        metrics = train_step(cfg, s, step)
+    for step in range(state.step + 1, cfg.trainer.max_steps + 1):
+        result = train_step(cfg, c, step)
+        metrics = dict(result.metrics)
         if do_eval and ev.every and step % ev.every == 0 and step != cfg.trainer.max_steps:
-            metrics.update(evaluate(engine, s["eval_problems"], s["reward_fns"][0],
-                                    max_new_tokens=ev.max_new_tokens, seed=cfg.trainer.seed,
-                                    accelerator=s["accelerator"]))
+            metrics.update(held_out())
         values = logger.log(step, metrics)
-        logger.samples(step, s.pop("samples", []))
-        for alarm in s["monitor"].update(step, values):
+        logger.samples(step, [asdict(s) for s in result.samples])
+        for alarm in c.monitor.update(step, values):
             logger.alarm(alarm.to_dict())
             if alarm.name in cfg.diagnostics.stop_on:
                 stop_reason = f"alarm '{alarm.name}' is in diagnostics.stop_on"
-        if _consecutive_skips(s, values) >= 3:
+        state.skip_streak = state.skip_streak + 1 if result.nonfinite_skips else 0
+        if state.skip_streak >= 3:
             stop_reason = "3 consecutive steps with non-finite losses"
+        state.step = step
         if stop_reason or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0) \
                 or step == cfg.trainer.max_steps:
-            checkpoint(step)
+            save_checkpoint(c.accelerator, c.run_dir, step,
+                            {"sampler": c.sampler.state_dict(), "alarms": c.monitor.state_dict()},
+                            keep_last=cfg.trainer.keep_last)
         if stop_reason:
             log.error("stopping at step %d: %s; resumable checkpoint written", step, stop_reason)
             break
 
     if do_eval and not stop_reason:
-        logger.log(cfg.trainer.max_steps, evaluate(engine, s["eval_problems"], s["reward_fns"][0],
-                                                   max_new_tokens=ev.max_new_tokens, seed=cfg.trainer.seed,
-                                                   accelerator=s["accelerator"]))
+        logger.log(cfg.trainer.max_steps, held_out())
     if cfg.trainer.export_final and not stop_reason:
-        export_model(policy, engine.tokenizer, run_dir / "final_model", merge_lora=cfg.trainer.merge_lora_on_export)
+        export_model(c.policy, c.engine.tokenizer, c.run_dir / "final_model", merge_lora=cfg.trainer.merge_lora_on_export)
     logger.close()
-    engine.close()
-    return run_dir
-
-
-def _consecutive_skips(s: dict, values: dict) -> int:
-    s["skip_streak"] = s.get("skip_streak", 0) + 1 if values.get("train/nonfinite_skips", 0) else 0
-    return s["skip_streak"]
+    c.engine.close()
+    return c.run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,18 +17,18 @@ Formulas, references and defaults: docs/algorithms.md.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from rlkit.algorithms.advantages import UnknownNameError
+from rlkit.registry import Registry
 
 __all__ = [
     "AGG_MODES",
     "KL_KINDS",
+    "LOSSES",
     "CISPOLoss",
     "DAPOLoss",
     "DrGRPOLoss",
@@ -128,8 +128,9 @@ def aggregate(
     - seq_mean_token_sum: (1/N) sum_i sum_t l_it. Per-sequence sum, no length normalisation.
     - seq_mean_token_sum_norm: (1/N) sum_i sum_t l_it / norm_len. Dr. GRPO (arXiv 2503.20783):
       a constant normaliser (the generation budget) instead of |o_i|, so a row's weight does
-      not depend on any length. norm_len defaults to T = mask.shape[-1]; set it to the
-      max_tokens budget so the scale does not move with the batch's padded length.
+      not depend on any length. norm_len defaults to T = mask.shape[-1], which is only right
+      when T is the generation budget: `PolicyLoss` passes the budget, since a batch trimmed to
+      its longest row (each micro-batch is) would otherwise be scaled by its own length.
       verl's `seq-mean-token-sum-norm` omits the 1/N (ours = verl / N, a constant rescale).
 
     Seq-mean modes divide by N = all rows (a fully masked row contributes 0 but still counts),
@@ -342,7 +343,9 @@ class LossInputs:
     engine_logprobs [N, T] (rollout engine's logprobs, for TIS), ref_logprobs [N, T]
     (reference model, for kl_coef > 0), teacher_logprobs [N, T] (distillation terms),
     entropy [N, T], rewards [N], group_ids [N], token_weights [N, T] (multiplies the
-    per-token policy loss; token-reweighting methods), hidden [N, T, D] (last hidden states).
+    per-token policy loss; token-reweighting methods), hidden [N, T, D] (last hidden states),
+    gen_budget (the rollout's max new tokens: the constant normaliser of
+    seq_mean_token_sum_norm when the loss sets no norm_len; the trainer always fills it).
     """
 
     logprobs: Tensor
@@ -357,6 +360,7 @@ class LossInputs:
     group_ids: Tensor | None = None
     token_weights: Tensor | None = None
     hidden: Tensor | None = None
+    gen_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.mask.dtype != torch.bool:
@@ -397,103 +401,30 @@ class LossOutput:
 # ---------------------------------------------------------------------------------------
 # PolicyLoss and its registry
 
-_LOSSES: dict[str, type[PolicyLoss]] = {}
-
-
-def class_registrar(registry: dict[str, type], base: type, kind: str, name: str, name_attr: str):
-    """The class decorator behind `register_loss` and `register_regularizer`: checks `cls` is a
-    `base` subclass, refuses a second class under a taken `name`, stores it and sets
-    `cls.<name_attr> = name`."""
-
-    def deco(cls: type) -> type:
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise TypeError(f"register_{kind}({name!r}) expects a {base.__name__} subclass, got {cls!r}")
-        old = registry.get(name)
-        if old is not None and old.__qualname__ != cls.__qualname__:
-            raise ValueError(f"{kind} {name!r} is already registered ({old.__qualname__})")
-        setattr(cls, name_attr, name)
-        registry[name] = cls
-        return cls
-
-    return deco
+# Params of a loss are the keyword parameters of its __init__ (following **kwargs to the base
+# class). The base is named by path: the registry is made before PolicyLoss is defined.
+LOSSES: Registry[type[PolicyLoss]] = Registry(
+    "loss", base="rlkit.algorithms.losses:PolicyLoss", name_attr="loss_name"
+)
 
 
 def register_loss(name: str):
     """Class decorator: make a PolicyLoss subclass selectable by `name` in YAML."""
-    return class_registrar(_LOSSES, PolicyLoss, "loss", name, "loss_name")
+    return LOSSES.register(name)
 
 
 def available_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 def get_loss_class(name_or_path: str) -> type[PolicyLoss]:
     """A registered name ("grpo") or an import path "pkg.module:ClassName" -> the class."""
-    if ":" not in name_or_path:
-        if name_or_path in _LOSSES:
-            return _LOSSES[name_or_path]
-        raise UnknownNameError(
-            f"unknown loss {name_or_path!r}; registered: {', '.join(available_losses())}; "
-            "or give an import path 'pkg.module:ClassName' to a PolicyLoss subclass"
-        )
-    mod_name, _, attr = name_or_path.partition(":")
-    if not mod_name or not attr:
-        raise ValueError(f"loss import path {name_or_path!r} must look like 'pkg.module:ClassName'")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"loss {name_or_path!r}: cannot import module {mod_name!r}: {e}") from e
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(
-                f"loss {name_or_path!r}: module {mod_name!r} has no attribute {attr!r}"
-            )
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and issubclass(obj, PolicyLoss)):
-        raise TypeError(
-            f"loss {name_or_path!r} is {obj!r}, "
-            "not a subclass of rlkit.algorithms.losses.PolicyLoss"
-        )
-    return obj
-
-
-def _accepted_params(cls: type) -> list[str]:
-    """Keyword params of cls.__init__, following **kwargs up the MRO."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        if klass is object:
-            break
-        var_kw = False
-        for p in list(inspect.signature(init).parameters.values())[1:]:
-            if p.kind is inspect.Parameter.VAR_KEYWORD:
-                var_kw = True
-            elif p.kind is not inspect.Parameter.VAR_POSITIONAL and p.name not in names:
-                names.append(p.name)
-        if not var_kw:
-            break
-    return names
-
-
-def check_params(kind: str, name: str, cls: type, params: dict) -> None:
-    """TypeError naming any of `params` that `cls.__init__` does not accept, and the accepted ones."""
-    accepted = _accepted_params(cls)
-    bad = sorted(set(params) - set(accepted))
-    if bad:
-        raise TypeError(
-            f"{kind} {name!r} ({cls.__name__}) got unknown parameter(s) {', '.join(bad)}; "
-            f"accepted: {', '.join(sorted(accepted))}"
-        )
+    return LOSSES.get(name_or_path)
 
 
 def build_loss(name_or_path: str, **params) -> PolicyLoss:
-    """Instantiate a loss from a registered name or import path; unknown params -> TypeError."""
-    cls = get_loss_class(name_or_path)
-    check_params("loss", name_or_path, cls, params)
-    return cls(**params)
+    """Instantiate a loss from a registered name or import path; unknown params -> ParamError."""
+    return LOSSES.bind(name_or_path, params)()
 
 
 class PolicyLoss:
@@ -502,8 +433,9 @@ class PolicyLoss:
     Subclasses implement `per_token(inputs) -> (loss [N, T], metrics)`; override `__call__`
     only for whole-batch objectives. Constructor params (keyword-only, shared by all):
       agg_mode: one of AGG_MODES (see `aggregate`); the KL and entropy terms use it too.
-      norm_len: constant normaliser for seq_mean_token_sum_norm (None = T).
-      kl_coef: weight of the KL-to-reference term (needs inputs.ref_logprobs when != 0).
+      norm_len: constant normaliser for seq_mean_token_sum_norm (None = the rollout's
+        generation budget, `LossInputs.gen_budget`, which the trainer supplies).
+      kl_coef: weight (>= 0) of the KL-to-reference term (needs inputs.ref_logprobs when != 0).
         Default 0: DeepSeekMath used 0.04 with k3; DAPO, Dr. GRPO, verl's GRPO examples and
         TRL (beta) default to no KL.
       kl_kind: "k1" | "k2" | "k3" | "abs" (see `kl_penalty`); k3 as DeepSeekMath / verl.
@@ -511,9 +443,22 @@ class PolicyLoss:
       tis_cap: truncated importance sampling cap C (None = off; verl's threshold is 2.0).
         Applied only when inputs.engine_logprobs is given.
       tis_mode: "truncate" (TIS) | "mask" (MIS), see `tis_weights`.
+
+    What the trainer must provide is declared here and read by the trainer, never probed:
+      needs_ref_model: a frozen reference model's logprobs (LossInputs.ref_logprobs); True
+        when kl_coef != 0. The reference model is loaded only when this is True.
+      needs_entropy_grad: the entropy in LossInputs carries a gradient (entropy_coef != 0).
+      accumulate: "tokens" or "rows", how the loss averages over the batch, so the trainer
+        weights each micro-batch by its share of the mini-batch's tokens or rows (across all
+        ranks) and the update does not depend on the micro-batch split. A subclass that
+        overrides `__call__` with its own reduction sets it as a class attribute.
+      needs_teacher, needs_hidden: teacher logprobs / last hidden states (class attributes,
+        False here; for distillation and token-reweighting losses).
     """
 
     loss_name: str = ""
+    needs_teacher: ClassVar[bool] = False
+    needs_hidden: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -530,12 +475,14 @@ class PolicyLoss:
             raise ValueError(f"unknown agg_mode {agg_mode!r}; choose one of {', '.join(AGG_MODES)}")
         if kl_kind not in KL_KINDS:
             raise ValueError(f"unknown kl_kind {kl_kind!r}; choose one of {', '.join(KL_KINDS)}")
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
         if tis_mode not in TIS_MODES:
             raise ValueError(f"unknown tis_mode {tis_mode!r}; choose one of {', '.join(TIS_MODES)}")
         if tis_cap is not None and tis_cap <= 1.0:
             raise ValueError(f"tis_cap must be > 1 or None (off), got {tis_cap}")
         if norm_len is not None and norm_len <= 0:
-            raise ValueError(f"norm_len must be > 0 or None (= T), got {norm_len}")
+            raise ValueError(f"norm_len must be > 0 or None (= the generation budget), got {norm_len}")
         self.agg_mode = agg_mode
         self.norm_len = norm_len
         self.kl_coef = kl_coef
@@ -544,6 +491,18 @@ class PolicyLoss:
         self.tis_cap = tis_cap
         self.tis_mode = tis_mode
 
+    @property
+    def needs_ref_model(self) -> bool:
+        return self.kl_coef != 0
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return self.entropy_coef != 0
+
+    @property
+    def accumulate(self) -> Literal["tokens", "rows"]:
+        return "tokens" if self.agg_mode == "token_mean" else "rows"
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
@@ -551,11 +510,15 @@ class PolicyLoss:
     def per_token(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
         raise NotImplementedError(f"{type(self).__name__} must implement per_token(inputs)")
 
-    def aggregate(self, per_token: Tensor, mask: Tensor) -> Tensor:
-        return aggregate(per_token, mask, self.agg_mode, norm_len=self.norm_len)
+    def aggregate(self, per_token: Tensor, mask: Tensor, *, gen_budget: int | None = None) -> Tensor:
+        """`aggregate` in this loss's mode; seq_mean_token_sum_norm divides by norm_len, else
+        by `gen_budget` (a constant: never the micro-batch's own padded length, which would
+        make the update depend on how the batch was split)."""
+        norm = self.norm_len if self.norm_len is not None else gen_budget
+        return aggregate(per_token, mask, self.agg_mode, norm_len=norm)
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
-        mask = inputs.mask
+        mask, budget = inputs.mask, inputs.gen_budget
         per_tok, metrics = self.per_token(inputs)  # [N, T]
         metrics = dict(metrics)
         if self.tis_cap is not None and inputs.engine_logprobs is not None:
@@ -566,7 +529,7 @@ class PolicyLoss:
             metrics.update(m)
         if inputs.token_weights is not None:
             per_tok = per_tok * inputs.token_weights.detach()
-        pg_loss = self.aggregate(per_tok, mask)
+        pg_loss = self.aggregate(per_tok, mask, gen_budget=budget)
         loss = pg_loss
         metrics["policy/pg_loss"] = pg_loss
         if self.kl_coef != 0 and inputs.ref_logprobs is None:
@@ -578,15 +541,14 @@ class PolicyLoss:
             kl = kl_penalty(inputs.logprobs, inputs.ref_logprobs, self.kl_kind)  # [N, T]
             metrics["policy/kl_ref"] = masked_mean(kl, mask)
             if self.kl_coef != 0:
-                loss = loss + self.kl_coef * self.aggregate(kl, mask)
-        if self.entropy_coef != 0 and inputs.entropy is None:
-            raise ValueError(
-                f"{type(self).__name__}: entropy_coef={self.entropy_coef} needs LossInputs.entropy"
-            )
-        if inputs.entropy is not None:
-            metrics["policy/entropy"] = masked_mean(inputs.entropy, mask)
-            if self.entropy_coef != 0:
-                loss = loss - self.entropy_coef * self.aggregate(inputs.entropy, mask)
+                loss = loss + self.kl_coef * self.aggregate(kl, mask, gen_budget=budget)
+        if self.entropy_coef != 0:
+            if inputs.entropy is None:
+                raise ValueError(
+                    f"{type(self).__name__}: entropy_coef={self.entropy_coef} needs LossInputs.entropy"
+                )
+            # The entropy itself is logged once per batch by the trainer (`policy/entropy`).
+            loss = loss - self.entropy_coef * self.aggregate(inputs.entropy, mask, gen_budget=budget)
         return LossOutput(loss=loss, metrics={k: v.detach() for k, v in metrics.items()})
 
 
@@ -646,8 +608,8 @@ class DAPOLoss(GRPOLoss):
 class DrGRPOLoss(GRPOLoss):
     """Dr. GRPO (arXiv 2503.20783): PPO clip 0.2, seq_mean_token_sum_norm, no KL.
 
-    Pair with the `dr_grpo` advantage (no std division). Set norm_len to the generation
-    budget (max_tokens) for a constant normaliser; the default None uses the padded T.
+    Pair with the `dr_grpo` advantage (no std division). The normaliser is a constant:
+    norm_len, or by default the rollout's generation budget (max new tokens).
     """
 
     def __init__(self, *, agg_mode: str = "seq_mean_token_sum_norm", **kwargs) -> None:

@@ -12,20 +12,15 @@ Math is in pure functions (`llds_penalty`); the classes only hold settings.
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 from torch import Tensor
 
-from rlkit.algorithms.advantages import UnknownNameError
-from rlkit.algorithms.losses import (
-    LossInputs,
-    LossOutput,
-    Metrics,
-    aggregate,
-    check_params,
-    class_registrar,
-)
+from rlkit.algorithms.losses import LossInputs, LossOutput, Metrics, aggregate
+from rlkit.registry import Registry
 
-__all__ = ["LLDS", "Regularizer", "available_regularizers", "build_regularizer", "get_regularizer_class",
+__all__ = ["LLDS", "REGULARIZERS", "Regularizer", "available_regularizers", "build_regularizer", "get_regularizer_class",
            "llds_penalty", "register_regularizer"]
 
 LLDS_GATES = ("action", "response")
@@ -79,9 +74,17 @@ def llds_penalty(
 
 
 class Regularizer:
-    """Base class: `__call__(inputs) -> LossOutput` (the scalar the coefficient multiplies)."""
+    """Base class: `__call__(inputs) -> LossOutput` (the scalar the coefficient multiplies).
+
+    Declared needs, read by the trainer and the config check (never probed):
+      needs_trainer_old_logprobs: compares the policy with the trainer's own logprobs of the
+        sampling policy (so the engine's cannot stand in, and one update is not enough).
+      accumulate: "tokens" or "rows", how the term averages over the batch (see PolicyLoss).
+    """
 
     name: str = ""
+    needs_trainer_old_logprobs: ClassVar[bool] = False
+    accumulate: ClassVar[Literal["tokens", "rows"]] = "tokens"
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(inputs)")
@@ -91,29 +94,26 @@ class Regularizer:
         return f"{type(self).__name__}({args})"
 
 
-_REGULARIZERS: dict[str, type[Regularizer]] = {}
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer", base=Regularizer, name_attr="name")
 
 
 def register_regularizer(name: str):
     """Class decorator: make a Regularizer subclass selectable by `name` in YAML."""
-    return class_registrar(_REGULARIZERS, Regularizer, "regularizer", name, "name")
+    return REGULARIZERS.register(name)
 
 
 def available_regularizers() -> list[str]:
-    return sorted(_REGULARIZERS)
+    return REGULARIZERS.names()
 
 
-def get_regularizer_class(name: str) -> type[Regularizer]:
-    if name not in _REGULARIZERS:
-        raise UnknownNameError(f"unknown regularizer {name!r}; registered: {', '.join(available_regularizers())}")
-    return _REGULARIZERS[name]
+def get_regularizer_class(name_or_path: str) -> type[Regularizer]:
+    """A registered name ("llds") or an import path "pkg.module:ClassName" -> the class."""
+    return REGULARIZERS.get(name_or_path)
 
 
-def build_regularizer(name: str, **params) -> Regularizer:
-    """A registered regularizer with its params; unknown names or params raise with the choices."""
-    cls = get_regularizer_class(name)
-    check_params("regularizer", name, cls, params)
-    return cls(**params)
+def build_regularizer(name_or_path: str, **params) -> Regularizer:
+    """A regularizer with its params; unknown names or params raise with the choices."""
+    return REGULARIZERS.bind(name_or_path, params)()
 
 
 @register_regularizer("llds")

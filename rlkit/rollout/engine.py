@@ -16,17 +16,18 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from rlkit.registry import Registry
 from rlkit.rollout.types import RolloutBatch, SamplingConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Prompt", "RolloutEngine", "render_prompts", "build_engine", "vllm_available"]
+__all__ = ["ENGINES", "Prompt", "RolloutEngine", "build_engine", "pad_token_id", "render_prompts", "vllm_available"]
 
 Prompt = str | list[dict[str, str]]
 
 _VLLM_ONLY = frozenset({
     "max_model_len", "gpu_memory_utilization", "cpu_kvcache_gib", "enforce_eager",
-    "enable_prefix_caching", "enable_sleep_mode", "distributed_executor_backend",
+    "enable_prefix_caching", "distributed_executor_backend",
 })
 
 
@@ -34,11 +35,13 @@ _VLLM_ONLY = frozenset({
 class RolloutEngine(Protocol):
     """What the trainer needs from a generator of rollouts.
 
-    Attributes: `tokenizer` (the engine's, with its chat template), `sync_count` (weight
-    syncs done) and `sync_seconds` (their total wall time).
+    Attributes: `tokenizer` (the engine's, with its chat template), `pad_id` (the id that
+    pads completions, `pad_token_id(tokenizer)`; the trainer pads with the same one),
+    `sync_count` (weight syncs done) and `sync_seconds` (their total wall time).
     """
 
     tokenizer: Any
+    pad_id: int
     sync_count: int
     sync_seconds: float
 
@@ -52,9 +55,24 @@ class RolloutEngine(Protocol):
         """Load trainer weights (HF checkpoint names) into the engine's model."""
         ...
 
+    def max_weight_diff(self, named_tensors: Iterable[tuple[str, Tensor]]) -> float:
+        """Max |served weight - given weight| over the weights the engine serves (in the
+        engine's dtype; 0.0 after a correct sync; NaN when no weight could be read back)."""
+        ...
+
     def close(self) -> None:
         """Release the engine's model and memory."""
         ...
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The one padding rule of rlkit: the tokenizer's pad token, else its EOS, else 0.
+
+    Padding never reaches a loss (masks are bool, True = counts), so which id pads only has
+    to be the same in the engine and the trainer."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else 0
 
 
 def render_prompts(
@@ -89,26 +107,33 @@ def vllm_available() -> bool:
 
 
 def build_engine(
-    kind: Literal["vllm", "hf", "auto"], model_path: str | Path, **kwargs: Any
+    kind: Literal["vllm", "hf", "auto"] | str, model_path: str | Path, **kwargs: Any
 ) -> RolloutEngine:
-    """Construct an engine by name; `auto` picks vLLM when importable, else transformers.
+    """Construct an engine by registered name (`ENGINES`) or import path; `auto` picks vLLM
+    when importable, else transformers.
 
     `kwargs` go to the engine's constructor (see `VLLMEngine` / `HFEngine`); the heavy
-    imports happen here, not at module import, so config validation stays instant.
+    imports happen there, not at module import, so config validation stays instant.
     """
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
         log.info("rollout engine: auto -> %s", kind)
-    if kind == "vllm":
-        from rlkit.rollout.vllm_engine import VLLMEngine
+    cls = ENGINES.get(kind)
+    # A recipe passes one set of engine settings; the vLLM-only ones an engine does not take
+    # mean nothing to it.
+    accepted = ENGINES.signature(cls).accepted
+    dropped = sorted(k for k in kwargs if k in _VLLM_ONLY and k not in accepted)
+    if dropped:
+        log.debug("%s engine ignores vLLM-only settings %s", kind, dropped)
+    return cls(str(model_path), **{k: v for k, v in kwargs.items() if k not in dropped})
 
-        return VLLMEngine(str(model_path), **kwargs)
-    if kind == "hf":
-        from rlkit.rollout.hf_engine import HFEngine
 
-        # A recipe passes one set of engine settings; the vLLM-only ones mean nothing here.
-        dropped = sorted(k for k in kwargs if k in _VLLM_ONLY)
-        if dropped:
-            log.debug("HF engine ignores vLLM-only settings %s", dropped)
-        return HFEngine(str(model_path), **{k: v for k, v in kwargs.items() if k not in _VLLM_ONLY})
-    raise ValueError(f"unknown engine kind {kind!r}; expected 'vllm', 'hf' or 'auto'")
+# The engines import this module's helpers, so they are registered once those exist. Their
+# modules import only torch; vLLM and transformers are imported when an engine is built.
+ENGINES: Registry[type] = Registry("engine kind", base=object)
+
+from rlkit.rollout.hf_engine import HFEngine  # noqa: E402
+from rlkit.rollout.vllm_engine import VLLMEngine  # noqa: E402
+
+ENGINES.register("hf")(HFEngine)
+ENGINES.register("vllm")(VLLMEngine)

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlkit.rollout.engine import Prompt, render_prompts
+from rlkit.modeling import unwrap_model
+from rlkit.rollout.engine import Prompt, pad_token_id, render_prompts
 from rlkit.rollout.types import RolloutBatch, SamplingConfig
-from rlkit.rollout.weight_sync import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.chat_template = chat_template
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-            tokenizer.eos_token_id or 0
-        )
+        self.pad_id = pad_token_id(tokenizer)
         eos = self.model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos])
@@ -229,6 +227,18 @@ class HFEngine:
         self.sync_count += 1
         self.sync_seconds += dt
         log.info("weight sync #%d into HF engine took %.2f s", self.sync_count, dt)
+
+    @torch.no_grad()
+    def max_weight_diff(self, named_tensors: Iterable[tuple[str, Tensor]]) -> float:
+        """Max |engine weight - given weight| (cast to the engine's dtype) over the given names."""
+        params = dict(self.model.named_parameters())
+        worst, compared = 0.0, 0
+        for name, tensor in named_tensors:
+            if name in params:
+                mine = params[name]
+                worst = max(worst, float((mine.float() - tensor.to(mine.device, mine.dtype).float()).abs().max()))
+                compared += 1
+        return worst if compared else float("nan")
 
     def close(self) -> None:
         """Drop the model."""

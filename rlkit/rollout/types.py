@@ -1,8 +1,8 @@
 """The rollout data contract: sampling settings in, one `RolloutBatch` out.
 
 Every engine (vLLM, transformers, a remote server) returns the same `RolloutBatch`, so the
-reward, advantage and loss stages never know which engine produced the rows. Shapes use the
-glossary of DESIGN.md: B prompts, G group size, N = B*G rows, T = longest completion.
+reward, advantage and loss stages never know which engine produced the rows. Shape letters
+used in comments: B prompts, G group size, N = B*G rows, T = longest completion.
 """
 
 from __future__ import annotations

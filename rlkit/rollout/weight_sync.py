@@ -19,32 +19,19 @@ Tied weights (lm_head = embed_tokens) are yielded once; vLLM re-ties them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from rlkit.modeling import gathered, is_zero3, unwrap_model
+
 log = logging.getLogger(__name__)
 
-__all__ = ["trainer_weights_for_engine", "unwrap_model", "engine_name"]
+__all__ = ["trainer_weights_for_engine", "engine_name"]
 
 _PEFT_PREFIX = "base_model.model."
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DeepSpeed/DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        inner = getattr(model, "module", None)
-        if isinstance(inner, nn.Module):
-            model = inner
-            continue
-        inner = getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            model = inner
-            continue
-        return model
 
 
 def engine_name(name: str) -> str:
@@ -62,29 +49,6 @@ def _is_lora_layer(module: nn.Module) -> bool:
 
 def _is_modules_to_save(module: nn.Module) -> bool:
     return hasattr(module, "original_module") and hasattr(module, "modules_to_save")
-
-
-def _is_zero3(model: nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in model.parameters())
-
-
-@contextlib.contextmanager
-def _gathered(params: list[nn.Parameter], zero3: bool) -> Iterator[None]:
-    """ZeRO-3: materialise full parameters for the duration of the block (read-only).
-
-    Parameters already gathered by an enclosing `GatheredParameters` (the trainer's
-    `gathered_parameters(model)` around the whole sync) are left alone: gathering them again
-    would re-partition them on exit, under the outer block's feet.
-    """
-    if zero3:
-        params = [p for p in params if getattr(getattr(p, "ds_status", None), "name", "") == "NOT_AVAILABLE"]
-    if not zero3 or not params:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        yield
 
 
 def _merged_lora(module: nn.Module) -> tuple[Tensor, Tensor | None]:
@@ -117,7 +81,7 @@ def trainer_weights_for_engine(model: nn.Module) -> Iterator[tuple[str, Tensor]]
     it is meant to be fed straight into `engine.update_weights`.
     """
     model = unwrap_model(model)
-    zero3 = _is_zero3(model)
+    zero3 = is_zero3(model)
     seen: set[int] = set()  # id() of parameters already yielded (tied weights)
     skip_prefix: str | None = None  # subtree already handled (a LoRA layer / modules_to_save)
     for mod_name, module in model.named_modules():
@@ -126,7 +90,7 @@ def trainer_weights_for_engine(model: nn.Module) -> Iterator[tuple[str, Tensor]]
         skip_prefix = None
         if _is_lora_layer(module):
             skip_prefix = mod_name + "."
-            with _gathered(list(module.parameters()), zero3):
+            with gathered(list(module.parameters())):
                 weight, bias = _merged_lora(module)
                 base = module.get_base_layer()
                 if id(base.weight) not in seen:
@@ -141,7 +105,7 @@ def trainer_weights_for_engine(model: nn.Module) -> Iterator[tuple[str, Tensor]]
             source = module.modules_to_save[active[0]] if active and not getattr(
                 module, "disable_adapters", False
             ) else module.original_module
-            with _gathered(list(source.parameters()), zero3):
+            with gathered(list(source.parameters())):
                 for pname, param in source.named_parameters():
                     if id(param) in seen:
                         continue
@@ -153,7 +117,7 @@ def trainer_weights_for_engine(model: nn.Module) -> Iterator[tuple[str, Tensor]]
         own = [(n, p) for n, p in own if not n.startswith("lora_")]
         if not own:
             continue
-        with _gathered([p for _, p in own], zero3):
+        with gathered([p for _, p in own]):
             for pname, param in own:
                 seen.add(id(param))
                 full = f"{mod_name}.{pname}" if mod_name else pname

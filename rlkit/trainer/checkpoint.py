@@ -87,12 +87,12 @@ def load_checkpoint(accelerator, path: Path) -> dict:
 
 def export_model(policy, tokenizer, out_dir: Path, *, merge_lora: bool = True) -> Path:
     """A plain transformers directory of the trained policy (LoRA merged when asked)."""
-    from rlkit.trainer.deepspeed import gathered_parameters
+    from rlkit.modeling import gathered
 
     accelerator = policy.accelerator
     model = policy.unwrapped()
     out_dir = Path(out_dir)
-    with gathered_parameters(model):
+    with gathered(model.parameters()):
         if accelerator.is_main_process:
             tmp = out_dir.with_name(f".tmp-{out_dir.name}")
             if tmp.exists():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from rlkit.config import LoraConfig, ModelConfig, TrainerConfig
+from rlkit.modeling import unwrap_model
 from rlkit.platform import resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,9 @@ class Policy:
     autocast_dtype: torch.dtype | None  # CPU bf16 autocast, or None
     max_grad_norm: float | None = None
 
-    @property
-    def engine(self):
-        """The DeepSpeedEngine (the wrapped model itself under accelerate)."""
-        return self.model
-
     def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        """The plain transformers (or PEFT) model inside the DeepSpeed engine."""
+        return unwrap_model(self.model)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -69,18 +66,11 @@ class Policy:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
 
-    def max_across_ranks(self, n: int) -> int:
-        """The largest `n` over data-parallel ranks (`n` itself on one process)."""
-        if self.accelerator.num_processes == 1:
-            return n
-        counts = self.accelerator.gather(torch.tensor([n], device=self.accelerator.device))
-        return int(counts.max())
-
-    def grad_norm(self) -> float | None:
-        norm = getattr(self.model, "get_global_grad_norm", lambda: None)()
-        if norm is None:
-            return None
-        return float(norm)
+    def grad_norm(self) -> float:
+        """Global gradient norm of the last optimizer step (0.0 is a real value: a fully
+        saturated batch has no gradient); NaN where nothing reports one (no DeepSpeed)."""
+        norm = self.model.get_global_grad_norm() if hasattr(self.model, "get_global_grad_norm") else None
+        return float("nan") if norm is None else float(norm)
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -190,16 +180,3 @@ def build_policy(accelerator, model_path: str, mcfg: ModelConfig, tcfg: TrainerC
     log.info("policy: %s | trainable params %.1fM | ZeRO-%d | autocast %s",
              model_path, n_train / 1e6, tcfg.zero_stage, autocast)
     return Policy(accelerator, model, optimizer, scheduler, autocast, tcfg.max_grad_norm)
-
-
-@contextlib.contextmanager
-def gathered_parameters(model: torch.nn.Module):
-    """Full parameters for reading (weight sync, export), also under ZeRO-3 partitioning."""
-    params = list(model.parameters())
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            yield
-    else:
-        yield

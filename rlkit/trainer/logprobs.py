@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rlkit.modeling import unwrap_model
+
 __all__ = [
     "selective_logprobs",
     "naive_logprobs",
@@ -232,14 +234,11 @@ def naive_logprobs(
     return logp, ent
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strip wrappers down to the transformers model: DeepSpeedEngine / DDP (`.module`), then
-    PEFT (`get_base_model()`; LoRA layers stay injected in the base model, so they still act)."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
+def _base_model(model: nn.Module) -> nn.Module:
+    """The transformers model: wrappers stripped (`rlkit.modeling.unwrap_model`), then PEFT's
+    `get_base_model()` (LoRA layers stay injected in the base model, so they still act)."""
+    model = unwrap_model(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def causal_lm_hidden(
@@ -255,7 +254,7 @@ def causal_lm_hidden(
     Calling the decoder directly (not `model(...)`) skips the lm_head, whose [B, L, V] output
     is what `selective_logprobs` exists to avoid.
     """
-    base = _unwrap(model)
+    base = _base_model(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
     out = decoder(
         input_ids=input_ids,
@@ -272,7 +271,7 @@ def lm_head_of(model: nn.Module) -> tuple[Tensor, Tensor | None]:
     With tied embeddings the returned weight *is* the input-embedding Parameter, so its
     gradient from `selective_logprobs` accumulates into the shared tensor as usual.
     """
-    base = _unwrap(model)
+    base = _base_model(model)
     cfg = getattr(base, "config", None)
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         raise NotImplementedError(

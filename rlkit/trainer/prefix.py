@@ -14,8 +14,9 @@ calls. We keep the model untouched and express the same attention pattern as a c
 boolean mask [R, 1, L, L] plus explicit position ids; transformers (5.x, SDPA/eager) passes a
 4D mask to the kernel unchanged. That costs O(L^2) mask memory per row and a dense masked
 attention instead of two dense ones, but needs no model patching and works for any decoder
-that honours a 4D mask. Gotcha (METHODS.md section 6): the first completion token is predicted
-from the last *prefix* token, not from the token before it in the packed row.
+that honours a 4D mask. Gotcha (the official code handles it with
+`split_output(..., include_prefix_last=1)`): the first completion token is predicted from the
+last *prefix* token, not from the token before it in the packed row.
 
 Both paths return logprobs in the same [N, T] layout: logprobs[i, t] =
 log p(completion[i, t] | prompt, completion[i, :t]), 0 where the mask is False.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rlkit.trainer.logprobs import _unwrap, causal_lm_hidden, lm_head_of, selective_logprobs
+from rlkit.trainer.logprobs import _base_model, causal_lm_hidden, lm_head_of, selective_logprobs
 
 __all__ = [
     "ForwardBatch",
@@ -206,7 +207,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _attn_implementation(model: nn.Module) -> str | None:
-    return getattr(getattr(_unwrap(model), "config", None), "_attn_implementation", None)
+    return getattr(getattr(_base_model(model), "config", None), "_attn_implementation", None)
 
 
 def logprobs_from_layout(

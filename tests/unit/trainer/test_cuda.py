@@ -14,7 +14,7 @@ from trainer_helpers import B, G, T, sgd_policy, tiny_batch, tiny_llama
 
 from rlkit.algorithms.losses import build_loss
 from rlkit.rollout.types import SamplingConfig
-from rlkit.trainer.loop import ForwardSettings, batch_logprobs, policy_update
+from rlkit.trainer.update import ForwardSettings, batch_logprobs, policy_update
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,7 +24,8 @@ def test_update_on_cuda_matches_cpu(shared_prefix):
     batch = tiny_batch(rewards=torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 1]))
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 1.0])
     old = torch.full((B * G, T), -5.0) * batch.completion_mask
-    fs = ForwardSettings(temperature=0.7, chunk_size=7, pad_id=0, shared_prefix=shared_prefix, micro_batch_tokens=12)
+    fs = ForwardSettings(temperature=0.7, chunk_size=7, pad_id=0, shared_prefix=shared_prefix, micro_batch_tokens=12,
+                         gen_budget=T)
     deltas, results = [], []
     for device in ("cpu", "cuda"):
         model = tiny_llama().to(device)

@@ -13,7 +13,7 @@ import torch
 from rlkit.data import Problem
 from rlkit.rollout.hf_engine import HFEngine
 from rlkit.rollout.types import RolloutBatch, SamplingConfig
-from rlkit.trainer.loop import RewardFunction, collect_rollouts, informative_groups, score_rollouts
+from rlkit.trainer.collect import RewardFunction, collect_rollouts, informative_groups
 
 G = 4
 PATTERN = {"mixed": [1.0, 0.0, 1.0, 0.0], "all": [1.0] * G, "none": [0.0] * G}
@@ -32,20 +32,25 @@ def engine(tiny_model_path):
 
 
 def _run(engine, rounds_of_answers, *, dynamic=True, max_rounds=4):
-    draws = iter(rounds_of_answers)
+    problems = [Problem(prompt=f"What is {i} + 1?", answer=f"{a}#{i}")
+                for r in rounds_of_answers for i, a in enumerate(r)]
+    starts = [sum(len(r) for r in rounds_of_answers[:k]) for k in range(len(rounds_of_answers))]
+    draws = iter(starts)
     drawn = []
 
     def draw():
-        answers = next(draws)
-        drawn.append(answers)
-        return [Problem(prompt=f"What is {i} + 1?", answer=f"{a}#{i}") for i, a in enumerate(answers)]
+        k = len(drawn)
+        drawn.append(rounds_of_answers[k])
+        start = next(draws)
+        return list(range(start, start + len(rounds_of_answers[k])))
 
-    def generate(problems):
-        return engine.generate([p.prompt for p in problems], G, SamplingConfig(max_new_tokens=2))
+    def generate(chosen):
+        return engine.generate([p.prompt for p in chosen], G, SamplingConfig(max_new_tokens=2))
 
-    reward = [RewardFunction("by_answer", by_answer)]
-    got = collect_rollouts(draw, generate, lambda b, p: score_rollouts(b, p, reward), dynamic=dynamic,
+    got = collect_rollouts(draw, problems, generate, [RewardFunction("by_answer", by_answer)], dynamic=dynamic,
                            max_rounds=max_rounds, pad_id=0)
+    assert got.drawn == list(range(sum(len(r) for r in drawn)))  # every drawn index, in order
+    assert got.generate_seconds > 0 and got.score_seconds >= 0
     return got, drawn
 
 

@@ -115,7 +115,7 @@ def test_parameter_gradients_match(model, batch):
 
 def _break_first_token(lay, batch):
     # predict completion token 0 from the packed token before it (the previous completion's
-    # last token) instead of the last prefix token: the METHODS.md gotcha
+    # last token) instead of the last prefix token: the gotcha in rlkit/trainer/prefix.py's docstring
     src = lay.source_index.clone()
     src[:, 0] = torch.where(src[:, 1] > 0, src[:, 1] - 1, src[:, 0])
     return dataclasses.replace(lay, source_index=src)

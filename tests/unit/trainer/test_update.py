@@ -1,4 +1,4 @@
-"""The step functions of rlkit/trainer/loop.py on small hand-made batches (no engine)."""
+"""The update room (rlkit/trainer/update.py) on small hand-made batches and tiny models (no engine)."""
 
 from __future__ import annotations
 
@@ -6,51 +6,23 @@ import copy
 
 import pytest
 import torch
-from trainer_helpers import sgd_policy, tiny_batch, tiny_llama
+from trainer_helpers import T, sgd_policy, tiny_batch, tiny_llama
 
-from rlkit.algorithms.losses import build_loss
-from rlkit.data import Problem
-from rlkit.trainer.loop import (
+from rlkit.algorithms.losses import LossInputs, LossOutput, PolicyLoss, build_loss
+from rlkit.trainer.update import (
     ForwardSettings,
-    RewardFunction,
+    ScaledRegularizer,
     batch_logprobs,
     micro_batches,
     policy_update,
-    score_rollouts,
+    post_update_logprobs,
     split_rows,
 )
 
-PROBLEMS = [Problem("What is 3 + 4?", "7"), Problem("What is 1 + 2?", "3")]
 
-
-def test_score_rollouts_sums_weighted_rewards_and_counts_accuracy():
-    def exact(prompts, completions, answer, **_):
-        return [1.0 if c.strip(".") == a else 0.0 for c, a in zip(completions, answer, strict=True)]
-
-    def bonus(prompts, completions, **_):
-        return [None if c == "x" else 0.5 for c in completions]
-
-    scored = score_rollouts(tiny_batch(), PROBLEMS, [RewardFunction("exact", exact), RewardFunction("bonus", bonus, 0.2)])
-    # rows 0..3 answer 7: "7" 1, "8" 0, "seven" 0, "7." 1; rows 4..7 answer 3: "x" 0, "3" 1, "4" 0, "3" 1
-    exact_col = torch.tensor([1.0, 0, 0, 1, 0, 1, 0, 1])
-    bonus_col = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0, 0.5, 0.5, 0.5])  # None -> 0
-    assert torch.equal(scored.columns["exact"], exact_col)
-    assert torch.allclose(scored.rewards, exact_col + 0.2 * bonus_col)
-    assert scored.correct.tolist() == [True, False, False, True, False, True, False, True]
-    assert scored.missing == {"exact": 0, "bonus": 1} and scored.failures == {"exact": 0, "bonus": 0}
-
-
-def test_a_failing_reward_is_counted_and_scores_zero(caplog):
-    def broken(prompts, completions, **_):
-        raise RuntimeError("sandbox down")
-
-    def one(prompts, completions, **_):
-        return [1.0] * len(completions)
-
-    scored = score_rollouts(tiny_batch(), PROBLEMS, [RewardFunction("one", one), RewardFunction("broken", broken)])
-    assert scored.failures["broken"] == 1
-    assert torch.equal(scored.rewards, torch.ones(8))  # broken contributes 0, the run goes on
-    assert "reward 'broken' failed" in caplog.text and "sandbox down" in caplog.text
+def settings(budget: int = 10_000, *, shared_prefix: bool = True, chunk_size: int = 7) -> ForwardSettings:
+    return ForwardSettings(temperature=1.0, chunk_size=chunk_size, pad_id=0, shared_prefix=shared_prefix,
+                           micro_batch_tokens=budget, gen_budget=T)
 
 
 def test_split_rows_keeps_groups_together():
@@ -82,8 +54,7 @@ def test_micro_batch_split_does_not_change_the_update(agg_mode, shared_prefix):
     for budget in (10_000, 8):  # one micro-batch vs one row (or less) per micro-batch
         model = tiny_llama()
         before = copy.deepcopy(model.state_dict())
-        fs = ForwardSettings(temperature=1.0, chunk_size=7, pad_id=0, shared_prefix=shared_prefix,
-                             micro_batch_tokens=budget)
+        fs = settings(budget, shared_prefix=shared_prefix)
         policy_update(sgd_policy(model), loss, batch, adv, old_logprobs=None, fs=fs, num_iterations=1, mini_batches=1)
         deltas.append({k: model.state_dict()[k] - before[k] for k in before})
     for name in deltas[0]:
@@ -93,7 +64,7 @@ def test_micro_batch_split_does_not_change_the_update(agg_mode, shared_prefix):
 def test_update_raises_positive_advantage_rows():
     batch = tiny_batch()
     model = tiny_llama()
-    fs = ForwardSettings(temperature=1.0, chunk_size=64, pad_id=0, shared_prefix=True, micro_batch_tokens=64)
+    fs = settings(64, chunk_size=64)
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
     policy = sgd_policy(model)
     for g in policy.optimizer.param_groups:
@@ -110,7 +81,7 @@ def test_non_finite_loss_is_skipped_and_counted(caplog):
     batch = tiny_batch()
     model = tiny_llama()
     before = copy.deepcopy(model.state_dict())
-    fs = ForwardSettings(temperature=1.0, chunk_size=64, pad_id=0, shared_prefix=True, micro_batch_tokens=10_000)
+    fs = settings(chunk_size=64)
     adv = torch.full((8,), float("nan"))
     result = policy_update(sgd_policy(model), build_loss("grpo"), batch, adv, old_logprobs=None, fs=fs,
                            num_iterations=1, mini_batches=1)
@@ -124,11 +95,8 @@ def test_post_update_logprobs_skips_zero_advantage_groups_exactly(shared_prefix)
     """Only the group with non-zero advantages is re-run; the displacement metrics equal
     those from re-running every row, and the skipped group keeps its `before` values."""
     from rlkit.diagnostics.metrics import logp_delta_metrics
-    from rlkit.trainer.loop import post_update_logprobs
-
     batch, model = tiny_batch(), tiny_llama()
-    fs = ForwardSettings(temperature=1.0, chunk_size=7, pad_id=0, shared_prefix=shared_prefix,
-                         micro_batch_tokens=10_000)
+    fs = settings(shared_prefix=shared_prefix)
     full, _ = batch_logprobs(model, batch, fs, lambda: torch.autocast("cpu", enabled=False))
     before = full + 0.1 * torch.randn(full.shape, generator=torch.Generator().manual_seed(1)) * batch.completion_mask
     adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5])  # group 0 saturated
@@ -146,19 +114,120 @@ def test_post_update_logprobs_skips_zero_advantage_groups_exactly(shared_prefix)
 def test_regularizer_terms_are_added_with_their_coefficient():
     """policy_update adds coef x term to each micro-batch loss: with old logprobs 0.5 above the
     current ones every preserved token is displaced, so LLDS is positive, and the logged loss
-    grows by exactly 0.2 x the logged penalty (one micro-batch, measured before any update)."""
+    grows by exactly 0.2 x the logged penalty (one micro-batch, so both the loss's row share and
+    LLDS's token share are 1; measured before any update)."""
     from rlkit.algorithms.regularizers import LLDS
 
     batch = tiny_batch()
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 1.0])
-    fs = ForwardSettings(temperature=1.0, chunk_size=7, pad_id=0, shared_prefix=True, micro_batch_tokens=10_000)
+    fs = settings()
     current, _ = batch_logprobs(tiny_llama(), batch, fs, lambda: torch.autocast("cpu", enabled=False))
     old = (current + 0.5) * batch.completion_mask
     runs = []
-    for regs in ((), ((0.2, LLDS(gate="response")),)):
+    for regs in ((), (ScaledRegularizer(0.2, LLDS(gate="response")),)):
         res = policy_update(sgd_policy(tiny_llama()), build_loss("grpo"), batch, adv, old_logprobs=old, fs=fs,
                             num_iterations=1, mini_batches=1, regularizers=regs)
         runs.append(res.metrics)
     plain, reg = runs
     assert reg["reg/llds/penalty"] > 0.1 and "reg/llds/penalty" not in plain
-    assert reg["train/loss"] - plain["train/loss"] == pytest.approx(0.2 * reg["reg/llds/penalty"], rel=1e-5)
+    gain = float(reg["train/loss"] - plain["train/loss"])
+    assert gain == pytest.approx(0.2 * float(reg["reg/llds/penalty"]), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- split invariance
+
+ADV = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 1.0])
+
+
+def _update_delta(loss, budget: int, *, ref: bool, old: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Parameter change of one SGD step (lr 1) on `tiny_batch` with micro-batches of `budget` tokens."""
+    model = tiny_llama()
+    before = copy.deepcopy(model.state_dict())
+    ref_model = None
+    if ref:
+        torch.manual_seed(1)
+        ref_model = tiny_llama()
+        for p in ref_model.parameters():  # a reference that differs from the policy: KL != 0
+            p.data.add_(0.02 * torch.randn_like(p))
+        ref_model.requires_grad_(False)
+    policy_update(sgd_policy(model), loss, tiny_batch(), ADV, old_logprobs=old, ref_model=ref_model,
+                  fs=settings(budget), num_iterations=1, mini_batches=1)
+    return {k: model.state_dict()[k] - before[k] for k in before}
+
+
+def _old_logprobs() -> torch.Tensor:
+    """Trainer logprobs of `tiny_batch`, shifted per token so ratios differ from 1 (clipping acts)."""
+    cur, _ = batch_logprobs(tiny_llama(), tiny_batch(), settings(), lambda: torch.autocast("cpu", enabled=False))
+    shift = 0.3 * torch.randn(cur.shape, generator=torch.Generator().manual_seed(2))
+    return (cur + shift) * tiny_batch().completion_mask
+
+
+def _assert_same(a: dict, b: dict, what: str) -> None:
+    norm = torch.sqrt(sum((v.float() ** 2).sum() for v in a.values()))
+    assert norm > 1e-4, f"{what}: the update is ~0, the comparison would prove nothing"
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6, msg=f"{what}: {name}")
+
+
+@pytest.mark.parametrize("agg_mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
+                                      "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize("name", ["grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce"])
+def test_every_loss_and_aggregation_is_split_invariant_with_kl_and_entropy(name, agg_mode):
+    """The update of one rollout batch is the same from one micro-batch and from micro-batches
+    of one row or less (budget 8 tokens), with the KL-to-reference and entropy terms on.
+
+    seq_mean_token_sum_norm used to divide each micro-batch by its own padded length (94% of
+    the update's norm differed); it now divides by the generation budget (`gen_budget`)."""
+    from rlkit.algorithms.losses import AGG_MODES, available_losses
+
+    assert set(available_losses()) == {"grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce"}, \
+        "a loss was registered: add it to this test's matrix"
+    assert agg_mode in AGG_MODES
+    loss = build_loss(name, agg_mode=agg_mode, kl_coef=0.1, kl_kind="k3", entropy_coef=0.01)
+    assert loss.needs_ref_model and loss.needs_entropy_grad
+    old = _old_logprobs()
+    whole = _update_delta(loss, 10_000, ref=True, old=old)
+    split = _update_delta(loss, 8, ref=True, old=old)
+    _assert_same(whole, split, f"{name}/{agg_mode}")
+
+
+class TokenSumLoss(PolicyLoss):
+    """A user loss with its own whole-batch reduction (overrides __call__): -sum(A log p) / tokens."""
+
+    accumulate = "tokens"
+
+    def __call__(self, inputs: LossInputs) -> LossOutput:
+        adv = inputs.advantages[:, None].expand_as(inputs.logprobs)
+        total = torch.where(inputs.mask, -adv * inputs.logprobs, 0.0).sum()
+        return LossOutput(loss=total / inputs.mask.sum().clamp(min=1))
+
+
+def test_user_loss_overriding_call_gets_the_accumulation_it_declares():
+    """Token weighting declared -> the same update under any split. The same loss declaring row
+    weighting is weighted by rows, which for a token mean is wrong: the update changes (so the
+    trainer really reads the declaration instead of probing agg_mode)."""
+    whole = _update_delta(TokenSumLoss(), 10_000, ref=False, old=None)
+    _assert_same(whole, _update_delta(TokenSumLoss(), 8, ref=False, old=None), "tokens")
+    _assert_same(whole, _update_delta(TokenSumLoss(), 12, ref=False, old=None), "tokens, budget 12")
+
+    class RowsDeclared(TokenSumLoss):
+        accumulate = "rows"
+
+    wrong = _update_delta(RowsDeclared(), 8, ref=False, old=None)
+    diff = max(float((wrong[k] - whole[k]).abs().max()) for k in whole)
+    assert diff > 1e-4
+
+
+def test_a_loss_that_needs_a_reference_model_refuses_to_run_without_one():
+    with pytest.raises(ValueError, match="needs_ref_model"):
+        policy_update(sgd_policy(tiny_llama()), build_loss("grpo", kl_coef=0.1), tiny_batch(), ADV,
+                      old_logprobs=None, fs=settings(), num_iterations=1, mini_batches=1)
+
+
+def test_declarations_follow_the_parameters():
+    plain = build_loss("grpo")
+    assert not plain.needs_ref_model and not plain.needs_entropy_grad and plain.accumulate == "rows"
+    assert build_loss("dapo").accumulate == "tokens"  # token_mean
+    assert build_loss("dr_grpo").accumulate == "rows"  # seq_mean_token_sum_norm
+    assert build_loss("grpo", kl_coef=0.04).needs_ref_model
+    assert build_loss("grpo", entropy_coef=-0.1).needs_entropy_grad

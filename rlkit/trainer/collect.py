@@ -1,0 +1,237 @@
+"""What comes out of rollouts: scoring, dynamic sampling, advantages, evaluation.
+
+    prompts -> engine.generate -> score_rollouts -> (dynamic sampling) -> compute_advantages
+
+Every function takes typed objects and returns typed objects; the math inside never reads a
+config. `collect_rollouts` times its own phases, so the recipe's step stays flat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rlkit.algorithms.advantages import get_advantage
+from rlkit.data import Problem
+from rlkit.rollout.types import RolloutBatch, SamplingConfig
+from rlkit.trainer.distributed import mean_across_ranks, rank_shard
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Collected", "RewardFunction", "ScoredRollouts", "collect_rollouts", "compute_advantages", "evaluate",
+           "informative_groups", "rollout_metrics", "score_rollouts", "seed_rollout"]
+
+
+# ----------------------------------------------------------------------------- rewards
+
+
+@dataclass
+class RewardFunction:
+    name: str
+    fn: Callable[..., list]
+    weight: float = 1.0
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class ScoredRollouts:
+    rewards: Tensor                 # [N] weighted sum over reward functions
+    columns: dict[str, Tensor]      # reward name -> [N] raw values (None -> 0)
+    correct: Tensor                 # [N] bool: first reward function scored >= 1 (accuracy)
+    failures: dict[str, int]        # reward name -> calls that raised (rows scored 0)
+    missing: dict[str, int]         # reward name -> rows that returned None
+
+    def select(self, rows: Tensor) -> ScoredRollouts:
+        """These rows' scores; the failure and missing counts stay those of the whole call."""
+        return ScoredRollouts(self.rewards[rows], {k: v[rows] for k, v in self.columns.items()},
+                              self.correct[rows], dict(self.failures), dict(self.missing))
+
+    @staticmethod
+    def concat(parts: Sequence[ScoredRollouts]) -> ScoredRollouts:
+        """Rows of all parts in order; failure and missing counts summed."""
+        return ScoredRollouts(
+            torch.cat([p.rewards for p in parts]),
+            {k: torch.cat([p.columns[k] for p in parts]) for k in parts[0].columns},
+            torch.cat([p.correct for p in parts]),
+            {k: sum(p.failures[k] for p in parts) for k in parts[0].failures},
+            {k: sum(p.missing[k] for p in parts) for k in parts[0].missing},
+        )
+
+
+def score_rollouts(batch: RolloutBatch, problems: Sequence[Problem], reward_fns: Sequence[RewardFunction]) -> ScoredRollouts:
+    """Call every reward function once on the whole batch; a failing function is logged,
+    counted, and contributes 0 instead of stopping the run."""
+    g = batch.group_size
+    rows = [problems[i // g] for i in range(len(batch.completion_texts))]  # row -> its problem
+    prompts = [batch.prompt_texts[i // g] for i in range(len(rows))]
+    fields: dict[str, list] = {"answer": [p.answer for p in rows]}
+    for key in sorted({k for p in rows for k in p.fields}):
+        if key not in fields:
+            fields[key] = [p.fields.get(key) for p in rows]
+    fields["completion_lengths"] = batch.completion_lengths.tolist()
+    n = len(rows)
+    total = torch.zeros(n)
+    columns, failures, missing = {}, {}, {}
+    for rf in reward_fns:
+        try:
+            values = rf.fn(prompts, list(batch.completion_texts), **fields, **rf.params)
+            if len(values) != n:
+                raise ValueError(f"returned {len(values)} values for {n} completions")
+            failures[rf.name] = 0
+        except Exception:  # noqa: BLE001 - a user reward must not kill a long run
+            log.warning("reward '%s' failed; scoring its rows 0 this step:\n%s", rf.name, traceback.format_exc())
+            values, failures[rf.name] = [None] * n, 1
+        missing[rf.name] = sum(v is None for v in values)
+        col = torch.tensor([0.0 if v is None else float(v) for v in values])
+        columns[rf.name] = col
+        total += rf.weight * col
+    first = columns[reward_fns[0].name]
+    return ScoredRollouts(total, columns, first >= 1.0, failures, missing)
+
+
+def informative_groups(rewards: Tensor, group_size: int) -> list[int]:
+    """Prompts whose G rewards are not all equal: the only groups a group-relative advantage
+    learns from (all-correct and all-wrong groups get zero advantage). rewards: [B*G]."""
+    r = rewards.view(-1, group_size)  # [B, G]
+    return torch.nonzero(r.amax(-1) > r.amin(-1)).flatten().tolist()
+
+
+@dataclass
+class Collected:
+    """What one step trains on, after optional dynamic sampling."""
+
+    batch: RolloutBatch
+    problems: list[Problem]
+    scored: ScoredRollouts
+    drawn: list[int]                # indices of every prompt this rank drew (all rounds)
+    generate_seconds: float         # wall time in the engine
+    score_seconds: float            # wall time in the reward functions
+    metrics: dict[str, float]       # dynamic-sampling statistics (empty when off)
+
+
+def collect_rollouts(
+    draw: Callable[[], list[int]],
+    problems: Sequence[Problem],
+    generate: Callable[[list[Problem]], RolloutBatch],
+    reward_fns: Sequence[RewardFunction],
+    *,
+    dynamic: bool,
+    max_rounds: int,
+    pad_id: int,
+    all_ranks: Callable[[bool], bool] = lambda done: done,
+) -> Collected:
+    """Draw prompt indices (`draw`), sample (`generate`) and score them; with `dynamic` (DAPO's
+    dynamic sampling), keep only informative groups and draw again until as many prompts as
+    one draw gives are kept, or `max_rounds` draws were made.
+
+    If the rounds run out, the step trains on the informative groups found (fewer prompts), or,
+    with none, on the last draw as it is (all advantages zero: no policy gradient). `all_ranks`
+    combines each rank's "done" so ranks draw in lockstep from their shared sampler.
+    """
+    drawn: list[int] = []
+    seconds = {"generate": 0.0, "score": 0.0}
+
+    def sample(idx: list[int]) -> tuple[RolloutBatch, list[Problem], ScoredRollouts]:
+        drawn.extend(idx)
+        chosen = [problems[i] for i in idx]
+        t0 = time.perf_counter()
+        batch = generate(chosen)
+        t1 = time.perf_counter()
+        scored = score_rollouts(batch, chosen, reward_fns)
+        seconds["generate"] += t1 - t0
+        seconds["score"] += time.perf_counter() - t1
+        return batch, chosen, scored
+
+    def done(batch, chosen, scored, metrics) -> Collected:
+        return Collected(batch, chosen, scored, drawn, seconds["generate"], seconds["score"], metrics)
+
+    batch, chosen, scored = sample(draw())
+    if not dynamic:
+        return done(batch, chosen, scored, {})
+    want, g = len(chosen), batch.group_size
+    kept: list[tuple[RolloutBatch, list[Problem], ScoredRollouts]] = []
+    n_kept, rounds, generated = 0, 1, len(chosen)
+    while True:
+        keep = informative_groups(scored.rewards, g)[: want - n_kept]
+        if keep:
+            kept.append((batch.select_groups(keep), [chosen[b] for b in keep], scored.select(batch.group_rows(keep))))
+            n_kept += len(keep)
+        if all_ranks(n_kept >= want or rounds >= max_rounds):
+            break
+        idx = draw()  # every rank draws, so the sampler stays one state across ranks
+        rounds += 1
+        if n_kept < want:
+            batch, chosen, scored = sample(idx)
+            generated += len(chosen)
+        else:  # this rank is full; others still sample
+            batch, scored = batch.select_groups([]), scored.select(torch.zeros(0, dtype=torch.long))
+    metrics = {"rollout/dynamic_rounds": float(rounds), "rollout/dynamic_kept_frac": n_kept / want,
+               "rollout/dynamic_informative_frac": n_kept / generated}
+    if not kept:
+        log.warning("dynamic sampling: no informative group in %d rounds; training on the last draw "
+                    "(all advantages are zero)", rounds)
+        return done(batch, chosen, scored, metrics)
+    return done(RolloutBatch.concat([k[0] for k in kept], pad_id=pad_id), [p for k in kept for p in k[1]],
+                ScoredRollouts.concat([k[2] for k in kept]), metrics)
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def compute_advantages(name: str, params: dict, rewards: Tensor, group_ids: Tensor, mask: Tensor) -> Tensor:
+    """Registry lookup + call; `[N]` or `[N, T]` depending on the estimator."""
+    return get_advantage(name)(rewards, group_ids, mask=mask, **params)
+
+
+# ----------------------------------------------------------------------------- evaluation and metrics
+
+
+def seed_rollout(seed: int, step: int, rank: int = 0) -> None:
+    """Seed the sampling RNG for this step, so a resumed run samples what a straight one does.
+
+    The in-process vLLM engine (and transformers.generate) draw from torch's global generator,
+    so seeding it per step makes each step's samples a function of (seed, step, rank) alone.
+    Each data-parallel rank gets its own stream (rank 0 keeps the single-process one).
+    """
+    torch.manual_seed(seed * 1_000_003 + step + rank * 7_919_000_003)
+
+
+def evaluate(engine, problems: Sequence[Problem], reward_fn: RewardFunction, *, max_new_tokens: int, seed: int,
+             accelerator=None) -> dict[str, float]:
+    """Greedy accuracy on held-out problems, scored by the first (correctness) reward.
+
+    With several processes each rank decodes its share and the accuracies are combined."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = rank_shard(problems, rank, world)
+    metrics: dict[str, float] = {}
+    if mine:
+        seed_rollout(seed, -1, rank)
+        batch = engine.generate([p.prompt for p in mine], 1, SamplingConfig(greedy=True, temperature=0.0,
+                                                                             max_new_tokens=max_new_tokens))
+        scored = score_rollouts(batch, mine, [reward_fn])
+        metrics = {"eval/accuracy": float(scored.correct.float().mean()),
+                   "eval/completion_len": float(batch.completion_lengths.float().mean())}
+    return mean_across_ranks(accelerator, metrics, weight=len(mine)) if problems else {}
+
+
+def rollout_metrics(batch: RolloutBatch, scored: ScoredRollouts) -> dict[str, float]:
+    lengths = batch.completion_lengths.float()
+    out = {
+        "reward/mean": float(scored.rewards.mean()),
+        "reward/std": float(scored.rewards.std()) if len(scored.rewards) > 1 else 0.0,
+        "rollout/accuracy": float(scored.correct.float().mean()),
+        "rollout/completion_len_mean": float(lengths.mean()),
+        "rollout/completion_len_max": float(lengths.max()),
+        "rollout/truncated_frac": sum(r == "length" for r in batch.finish_reason) / max(1, len(batch.finish_reason)),
+    }
+    for name, col in scored.columns.items():
+        out[f"reward/{name}/mean"] = float(col.mean())
+        out[f"reward/{name}/failures"] = float(scored.failures[name])
+        out[f"reward/{name}/missing"] = float(scored.missing[name])
+    return out
