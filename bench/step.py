@@ -278,6 +278,8 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
         out["error"] = _log_tail(work / f"{name}.log")
         print(f"[{name}] FAILED (rc={proc['returncode']}), see {proc['log']}", flush=True)
         return out
+    for r in rows:  # the recipe logs the advantage time on its own; TRL's "score" includes it
+        r["time/score"] = r["time/score"] + r.get("time/advantage", 0.0)
     per_step = [{"step": r["step"], **{p: r[f"time/{p}"] for p in PHASES}, "total": r["time/step"],
                  "completion_len_mean": r.get("rollout/completion_len_mean"),
                  "reward_mean": r.get("reward/mean")} for r in rows]

@@ -212,7 +212,8 @@ class DiagnosticsConfig(_Section):
     )
     converged_frac: float = Field(
         0.75, gt=0, le=1, description="Share of the starting accuracy headroom (1 - initial accuracy) closed, "
-                                     "at which low entropy counts as convergence (no entropy alarm)."
+                                     "at which the run counts as converged: low entropy and stagnant likelihood "
+                                     "of correct answers are then expected (no entropy_collapse / lld_stagnation alarm)."
     )
     post_update_logprobs: bool = Field(
         True, description="One extra no-grad forward after the update, for likelihood-displacement metrics."

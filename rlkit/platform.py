@@ -10,11 +10,17 @@ So `dtype: auto` means bf16 where it is native and fp32 elsewhere.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX in /proc/cpuinfo. `RLKIT_NATIVE_BF16=0` (or 1) overrides the answer,
+    e.g. to run the test suite with the fp32 numerics of an AVX2-only machine on an AMX one."""
+    forced = os.environ.get("RLKIT_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
