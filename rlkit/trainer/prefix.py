@@ -8,7 +8,8 @@ position P+t sees exactly the prefix and its own tokens <= t, so per-token logpr
 parameter gradients equal the plain forward's (gradients from the G completions add up in
 the shared prefix activations, as they would add up over G copies in the plain batch).
 
-How this differs from the paper's implementation: the official code splits q/k/v into prefix
+How this differs from the paper's implementation: the official code (GitHub
+johncaged/PrefixGrouper, `src/prefix_grouper/forward.py`) splits q/k/v into prefix
 and suffix tensors inside every attention layer (`AttentionForward`) and runs two attention
 calls. We keep the model untouched and express the same attention pattern as a custom 4D
 boolean mask [R, 1, L, L] plus explicit position ids; transformers (5.x, SDPA/eager) passes a

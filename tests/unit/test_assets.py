@@ -17,7 +17,18 @@ import pytest
 import rlkit.assets as assets
 from rlkit.assets import fetch_smollm2, resolve_model, tiny_model_dir
 
+# Prompts whose greedy answers are asserted. Greedy text is only stable where every token on
+# the way to the asserted answer wins by a clear margin: `dtype: auto` runs vLLM in bf16 on
+# AVX512-BF16/AMX CPUs and in fp32 on AVX2-only ones, and bf16 rounding moves logprobs by up to
+# ~0.2 nat. "What is the capital of France?" is a near tie ("The" -1.88 vs "L" -1.97 nat in
+# fp32) that bf16 flips to "L'Étoile, la Mar...". Measured with vLLM 0.32 on SmolLM2-135M,
+# gap between the top two logprobs at a step of the greedy path (bf16 / fp32):
+# - CHAT_PROMPT -> "2 + 3 = 5": "2" over "The" 0.50 / 0.47 nat, then " =" over " is"
+#   0.63 / 0.64; both runner-up branches answer 5 as well ("The answer is 5.", "2 + 3 is 5").
+# - CAPITAL_PROMPT -> "The capital of France is Paris.": "The" over "Paris" 1.88 / 1.87 nat,
+#   every later token up to " Paris" by >= 3.9 nat (the runner-up "Paris" names it too).
 CHAT_PROMPT = "What is 2 + 3? Answer with only the number."
+CAPITAL_PROMPT = "What is the capital of France? Answer with one word."
 
 
 def _no_network(*_a, **_k):
@@ -69,6 +80,8 @@ def test_smollm2_loads_and_answers_in_transformers(smollm2):
 
     ids, text, raw = _hf_greedy(smollm2)
     # Hand-checked greedy outputs of SmolLM2-135M-Instruct: garbled weights would not say these.
+    # `_hf_greedy` runs in fp32 on every CPU; margins in fp32: CHAT_PROMPT see above, the raw
+    # prompt's " Paris" beats " the" by 2.48 nat.
     assert "5" in text, text
     assert "Paris" in raw, raw
 
@@ -125,7 +138,9 @@ def vllm_greedy(request, smollm2):
 
 @pytest.mark.slow
 def test_smollm2_loads_and_generates_in_vllm(vllm_greedy):
-    texts = vllm_greedy([CHAT_PROMPT, "What is the capital of France?"])
+    # The engine runs in bf16 or fp32 depending on the CPU: both prompts answer with a margin in
+    # both dtypes (see CHAT_PROMPT). Garbled weights (a broken conversion) would not say these.
+    texts = vllm_greedy([CHAT_PROMPT, CAPITAL_PROMPT])
     assert len(texts) == 2
     assert "5" in texts[0], texts
     assert "Paris" in texts[1], texts

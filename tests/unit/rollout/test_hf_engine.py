@@ -46,6 +46,9 @@ def test_hf_finish_reasons_and_stop_strings(hf_engine, sampled):
         last = int(b.completion_ids[i, k - 1])
         assert reason == ("stop" if last == eos else "length")
         assert (reason == "length") == (k == 12 and last != eos)
+    # Greedy answer "2 + 3 = 5", in fp32 on every CPU (the engine is built with dtype="float32",
+    # not "auto"). It is not a near tie: "2" beats "The" by 0.47 nat and " =" beats " is" by
+    # 0.64 nat, and both runner-up branches also say 5 ("The answer is 5.", "2 + 3 is 5").
     g = hf_engine.generate(PROMPTS[:1], 1, SamplingConfig(greedy=True, max_new_tokens=16, stop=["5"]))
     assert g.finish_reason == ["stop"] and "5" not in g.completion_texts[0]
     ids = g.completion_ids[0, : int(g.completion_lengths[0])].tolist()

@@ -1,8 +1,12 @@
 """Weight sync into a live vLLM engine: perturbed full weights, then a LoRA adapter (merged).
 
-The engine here runs in float32 (its own engine, not the shared bf16 one, whose weights other
-tests rely on): greedy decoding compares argmaxes, and bf16 vs fp32 can flip a near-tie and
-then diverge for the rest of the row; in fp32 the engine and transformers agree to ~1e-6.
+The engine here runs in float32 on every CPU (its own engine, not the shared one, whose weights
+other tests rely on and whose dtype is bf16 or fp32 depending on the CPU): greedy decoding
+compares argmaxes, and bf16 vs fp32 can flip a near-tie and then diverge for the rest of the
+row. The perturbed and LoRA models have near ties on these paths (smallest gap between the two
+top logprobs 0.009 nat, "A" vs "The" for the rhyme prompt), but in fp32 the engine and
+transformers agree to 5e-5 nat on every top-5 logprob of these paths (measured, vLLM 0.32),
+180x below that gap.
 """
 
 import logging
