@@ -167,6 +167,34 @@ class _Shares:
         return mask.shape[0] * self.world / max(self.rows, 1.0)
 
 
+def _forward(policy, model, ref_model, fb: ForwardBatch, batch: RolloutBatch, rows: Tensor, advantages: Tensor,
+             old_logprobs: Tensor | None, fs: ForwardSettings, *, entropy_grad: bool):
+    """Forward one micro-batch (and the reference model, if any) -> (ForwardOutput, LossInputs)."""
+    tt = fb.completion_ids.shape[1]
+    with policy.autocast():
+        out = compute_logprobs(model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
+                               chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=True,
+                               entropy_grad=entropy_grad)
+    ref_lp = None
+    if ref_model is not None:
+        with torch.no_grad(), policy.autocast():
+            ref_lp = compute_logprobs(ref_model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
+                                      chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=False).logprobs.float()
+    adv = advantages[rows] if advantages.dim() == 1 else advantages[rows, :tt]
+    dev = out.logprobs.device  # the model's; the rollout tensors live on the CPU
+    inputs = LossInputs(
+        logprobs=out.logprobs.float(), mask=fb.completion_mask.to(dev), advantages=adv.to(dev),
+        old_logprobs=None if old_logprobs is None else old_logprobs[rows, :tt].to(dev),
+        engine_logprobs=batch.engine_logprobs[rows, :tt].to(dev),
+        ref_logprobs=None if ref_lp is None else ref_lp.to(dev),
+        entropy=None if out.entropy is None else out.entropy.float(),
+        rewards=None if batch.rewards is None else batch.rewards[rows].to(dev),
+        group_ids=fb.group_ids.to(dev),
+        gen_budget=fs.gen_budget,
+    )
+    return out, inputs
+
+
 def policy_update(
     policy,
     loss_fn: PolicyLoss,
@@ -206,28 +234,8 @@ def policy_update(
                              rows=sum_across_ranks(accelerator, float(len(mini))), world=world)
             for k, rows in enumerate(micros):
                 fb = forward_batch(batch, rows)
-                tt = fb.completion_ids.shape[1]
-                with policy.autocast():
-                    out = compute_logprobs(model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
-                                           chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=True,
-                                           entropy_grad=loss_fn.needs_entropy_grad)
-                ref_lp = None
-                if ref_model is not None:
-                    with torch.no_grad(), policy.autocast():
-                        ref_lp = compute_logprobs(ref_model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
-                                                  chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=False).logprobs.float()
-                adv = advantages[rows] if advantages.dim() == 1 else advantages[rows, :tt]
-                dev = out.logprobs.device  # the model's; the rollout tensors live on the CPU
-                inputs = LossInputs(
-                    logprobs=out.logprobs.float(), mask=fb.completion_mask.to(dev), advantages=adv.to(dev),
-                    old_logprobs=None if old_logprobs is None else old_logprobs[rows, :tt].to(dev),
-                    engine_logprobs=batch.engine_logprobs[rows, :tt].to(dev),
-                    ref_logprobs=None if ref_lp is None else ref_lp.to(dev),
-                    entropy=None if out.entropy is None else out.entropy.float(),
-                    rewards=None if batch.rewards is None else batch.rewards[rows].to(dev),
-                    group_ids=fb.group_ids.to(dev),
-                    gen_budget=fs.gen_budget,
-                )
+                out, inputs = _forward(policy, model, ref_model, fb, batch, rows, advantages, old_logprobs, fs,
+                                       entropy_grad=loss_fn.needs_entropy_grad)
                 padding = k >= real  # a padding micro-batch: gradient and metrics count zero
                 share = 0.0 if padding else shares.of(loss_fn.accumulate, fb.completion_mask)
                 result = loss_fn(inputs)

@@ -49,15 +49,22 @@ def _process_group():
             os.environ[key] = value
 
 
+def _reset_accelerate() -> None:
+    """accelerate keeps one process-wide state: an Accelerator built by another test (e.g. a
+    plain CPU one) would otherwise decide this test's DeepSpeed set-up, and vice versa."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
 @pytest.fixture
 def one_process(_process_group, monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(REPO / "tests/recipes"))  # toy_rewards
+    _reset_accelerate()
     yield tmp_path
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)  # the next test builds its own Accelerator
-    GradientState._reset_state()
-    PartialState._reset_state()
+    _reset_accelerate()
 
 
 def _config(run_dir: Path, *overrides: str):
