@@ -439,3 +439,19 @@ def test_lld_decay_is_not_gated_on_convergence():
     ]
     fired = _replay(AlarmMonitor(), rows)
     assert fired == {"lld_decay": [18]}
+
+
+def test_replayed_amx_run_after_the_seam_change():
+    """`make train` on an AVX512-BF16/AMX CPU (bf16), 2026-12-01, after the trainer seam change
+    (tests/data/grpo_math_cpu_amx_metrics.jsonl): held-out accuracy 65.5% -> 93.5% at step 10,
+    fully saturated steps log a gradient norm of exactly 0. What fires is saturation (the task
+    became too easy), never entropy collapse or likelihood displacement."""
+    path = Path(__file__).resolve().parents[2] / "data/grpo_math_cpu_amx_metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [{k: (float("nan") if v is None else v) for k, v in r.items()} for r in rows if "time/step" in r]
+    assert sum(r["train/grad_norm"] == 0.0 for r in rows) >= 5  # zero, not NaN
+    fired = _replay(AlarmMonitor(), rows)
+    assert fired["zero_adv_saturation"][0] == 20
+    assert not any(name in fired for name in ("entropy_collapse", *_LLD))
+    # the convergence gate is what keeps entropy_collapse quiet here (it fires at step 12 without it)
+    assert _replay(AlarmMonitor(converged_frac=1.0), rows)["entropy_collapse"] == [12]
