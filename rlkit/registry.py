@@ -142,7 +142,7 @@ class Registry(Generic[T]):
         unknown = sorted(k for k in declared if k not in self.declared and not self._base_declares(k))
         if unknown:
             base = self.base
-            known = ", ".join(sorted(self.declared)) or (
+            known = ", ".join(self.declared) or (  # in declaration order
                 f"the class attributes of {base.__qualname__}" if base not in (None, object) else "(none)"
             )
             raise TypeError(

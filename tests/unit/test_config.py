@@ -470,3 +470,60 @@ def test_shipped_recipe_validates(path):
 def test_recipe_glob_is_not_empty():
     # Guards the parametrization above: a moved directory must not turn it into zero tests.
     assert {"grpo_math_cpu.yaml", "grpo_math_gsm8k.yaml"} <= {p.name for p in RECIPE_YAMLS}
+
+
+# ----------------------------------------------------------------------------- data.sampler
+
+
+def test_sampler_section_defaults_typo_and_exact_fit():
+    # Full VADE cases live in tests/unit/data/test_samplers.py; here the section's shape.
+    cfg = config_from_dict(_cfg())
+    assert cfg.data.sampler.name == "uniform" and cfg.data.sampler.params == {}
+    assert "config error at data.sampler.nmae: unknown key; did you mean 'name'?" in _error(
+        _cfg(data={"sampler": {"nmae": "vade"}}))
+    # vade needs num_train >= prompts_per_step; equal is enough
+    cfg = config_from_dict(_cfg(data={"num_train": 8, "sampler": {"name": "vade"}}, rollout={"prompts_per_step": 8}))
+    assert cfg.data.sampler.name == "vade"
+    assert "data.num_train (7) is smaller than rollout.prompts_per_step (8)" in _error(
+        _cfg(data={"num_train": 7, "sampler": {"name": "vade"}}, rollout={"prompts_per_step": 8}))
+
+
+# ----------------------------------------------------------------------------- advantage: values, answers
+
+CPU_YAML = REPO / "recipes" / "configs" / "grpo_math_cpu.yaml"
+
+
+def test_out_of_range_estimator_params_fail_at_validation():
+    # The estimator runs once on a dummy batch at validation, so its own checks fail here.
+    # (`advantage.params={}` drops the YAML's grpo `scale` first.)
+    with pytest.raises(ConfigError) as info:
+        load_config(CPU_YAML, ["advantage.name=riskpo", "advantage.params={}",
+                               "advantage.params.alpha=0.9", "advantage.params.beta=0.1"])
+    msg = str(info.value)
+    assert msg.startswith("config error at advantage.params: riskpo: alpha must be < beta"), msg
+    assert "alpha=0.9, beta=0.1" in msg
+    assert "config error at advantage.params: grpo: scale must be one of 'group', 'batch', 'none'" in _error(
+        _cfg(advantage={"name": "grpo", "params": {"scale": "bogus"}}))
+    cfg = load_config(CPU_YAML, ["advantage.name=riskpo", "advantage.params={credit: std}"])
+    assert cfg.advantage.params == {"credit": "std"}
+
+
+def test_answer_extractor_is_required_by_estimators_that_cluster_answers():
+    msg = _error(_cfg(advantage={"name": "copo"}))
+    assert msg.startswith("config error at advantage.answer_extractor: advantage.name 'copo' clusters"), msg
+    assert "last_number, math_verify" in msg
+    cfg = load_config(CPU_YAML, ["advantage.name=copo", "advantage.answer_extractor=last_number",
+                                 "advantage.params={global_form: prompt}"])
+    assert cfg.advantage.answer_extractor == "last_number"
+    assert config_from_dict(_cfg()).advantage.answer_extractor is None  # unused by grpo
+    assert "config error at advantage.params: copo: global_form must be one of response, prompt" in _error(
+        _cfg(advantage={"name": "copo", "answer_extractor": "math_verify", "params": {"global_form": "x"}}))
+
+
+def test_unknown_answer_extractor_suggests_the_closest():
+    msg = _error(_cfg(advantage={"name": "copo", "answer_extractor": "last_numbr"}))
+    assert "config error at advantage.answer_extractor: unknown value 'last_numbr'; did you mean 'last_number'?" in msg
+    assert "Known answer extractors: last_number, math_verify." in msg
+    cfg = config_from_dict(_cfg(advantage={"name": "copo",
+                                           "answer_extractor": "rlkit.algorithms.answers:last_number_answer"}))
+    assert cfg.advantage.answer_extractor.endswith(":last_number_answer")
