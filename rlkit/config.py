@@ -61,6 +61,19 @@ class ModelConfig(_Section):
     teacher_model: str | None = Field(None, description="Frozen teacher for distillation terms; loaded only when used.")
 
 
+class SamplerSpec(_Section):
+    name: str = Field(
+        "uniform", description="A registered prompt sampler (rlkit.data.samplers) or `pkg.mod:Class`: `uniform` "
+        "(shuffled epochs, every problem once per epoch) or `vade` (VADE: Beta posterior of each problem's success "
+        "rate, Thompson draws, the prompts_per_step problems of highest p(1 - p); see docs/algorithms.md)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Constructor keyword arguments of the sampler, checked against its "
+        "signature (it is built at validation); vade: prior_alpha, prior_beta (> 0, default 1), global_decay, "
+        "sample_decay (in (0, 1], default 0.99, 0.95). num_items and seed come from data.num_train / data.seed."
+    )
+
+
 class DataConfig(_Section):
     name: Literal["arithmetic", "gsm8k", "math", "jsonl", "parquet", "hub"] = Field(
         "arithmetic", description="Prompt source: the synthetic arithmetic task, a known dataset, or files."
@@ -78,7 +91,34 @@ class DataConfig(_Section):
     num_eval: int = Field(200, ge=0, description="Held-out problems for greedy evaluation.")
     min_operand: int = Field(0, description="Arithmetic task: smallest operand.")
     max_operand: int = Field(9, description="Arithmetic task: largest operand.")
+    num_terms: int = Field(
+        2, description="Arithmetic task: operands per expression, 2 to 26 (2: 'a + b'); rewards receive them "
+        "as fields a, b, c, ..."
+    )
+    operations: list[str] = Field(
+        default_factory=lambda: ["+"], description="Arithmetic task: operators drawn uniformly between operands, "
+        "a non-empty subset of '+', '-', '*'; the answer follows the usual precedence ('*' first)."
+    )
     seed: int = Field(0, description="Seed of data generation and shuffling.")
+    sampler: SamplerSpec = Field(
+        default_factory=SamplerSpec, description="Which training problems each step rolls out (default: uniform)."
+    )
+
+    @field_validator("num_terms")
+    @classmethod
+    def _terms_in_range(cls, n: int) -> int:
+        if not 2 <= n <= 26:
+            raise ValueError(f"data.num_terms: got {n}; set it between 2 (a + b) and 26 (operands a to z)")
+        return n
+
+    @field_validator("operations")
+    @classmethod
+    def _known_operations(cls, ops: list[str]) -> list[str]:
+        unknown = [op for op in ops if op not in ("+", "-", "*")]
+        if not ops or unknown or len(set(ops)) != len(ops):
+            why = "it is empty" if not ops else f"unknown {unknown}" if unknown else "an operator is listed twice"
+            raise ValueError(f"data.operations: got {ops} ({why}); set a non-empty subset of '+', '-', '*'")
+        return ops
 
     @model_validator(mode="after")
     def _needs_path(self) -> DataConfig:
@@ -88,6 +128,23 @@ class DataConfig(_Section):
             raise ValueError(
                 f"data.max_operand ({self.max_operand}) must be >= data.min_operand ({self.min_operand})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sampler_builds(self) -> DataConfig:
+        # Built here (torch is imported only now) so a bad name, param or value fails at
+        # validation; data.num_train stands in for the dataset size (an upper bound of it).
+        from rlkit.data.samplers import SAMPLERS
+
+        spec = self.sampler
+        _resolve(SAMPLERS, spec.name, "data.sampler.name", "samplers")
+        make = SAMPLERS.bind(spec.name, spec.params, path="data.sampler.params")
+        try:
+            make(self.num_train, seed=self.seed)
+        except (TypeError, ValueError) as exc:
+            # Samplers start a refused param's message with its name ("global_decay: ...").
+            param = str(exc).split(":", 1)[0]
+            raise ValueError(f"data.sampler.params.{exc}" if param in spec.params else f"data.sampler: {exc}") from None
         return self
 
 
@@ -143,7 +200,13 @@ class AdvantageConfig(_Section):
         "grpo", description="A registered advantage estimator (rlkit.algorithms.advantages) or `pkg.mod:fn`."
     )
     params: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments of the estimator (checked against its signature)."
+        default_factory=dict, description="Keyword arguments of the estimator (checked against its signature, "
+        "then the estimator is run once on a tiny dummy batch so that out-of-range values fail here)."
+    )
+    answer_extractor: str | None = Field(
+        None, description="How final answers are read from completions, for estimators that cluster responses "
+        "by answer (they declare needs_answers, e.g. copo; required there, unused otherwise): a registered "
+        "extractor (rlkit.algorithms.answers: last_number, math_verify) or `pkg.mod:fn` (text -> str | None)."
     )
 
 
@@ -196,6 +259,11 @@ class EvalConfig(_Section):
     every: int = Field(0, ge=0, description="Greedy held-out evaluation every k steps (0 = only before and after).")
     max_new_tokens: int = Field(32, gt=0, description="Completion budget of evaluation.")
     enabled: bool = Field(True, description="Run evaluation at all.")
+    samples: int = Field(
+        0, ge=0, description="k > 0: also sample k completions per held-out problem and log the unbiased "
+                             "`eval/pass@1` and `eval/pass@k` (0 = greedy accuracy only)."
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the `eval.samples` completions.")
 
 
 class DiagnosticsConfig(_Section):
@@ -276,6 +344,7 @@ class RecipeConfig(_Section):
         # is checked against its signature (the loss and regularizers are built), so a misspelt
         # or invalid parameter fails here, not at the first training step. No model is loaded.
         from rlkit.algorithms.advantages import ADVANTAGES
+        from rlkit.algorithms.answers import ANSWER_EXTRACTORS
         from rlkit.algorithms.losses import LOSSES
         from rlkit.algorithms.regularizers import REGULARIZERS
 
@@ -287,6 +356,16 @@ class RecipeConfig(_Section):
                 f"'{self.advantage.name}' compares responses within a group; set rollout.group_size >= 2 "
                 "(or pick a batch-level estimator such as reinforce_pp)"
             )
+        if self.advantage.answer_extractor is not None:
+            _resolve(ANSWER_EXTRACTORS, self.advantage.answer_extractor, "advantage.answer_extractor",
+                     "answer extractors")
+        elif estimator.needs_answers:
+            raise ValueError(
+                f"advantage.answer_extractor: advantage.name '{self.advantage.name}' clusters responses by "
+                f"their final answer; set advantage.answer_extractor to one of "
+                f"{', '.join(ANSWER_EXTRACTORS.names())} (or `pkg.mod:fn`, text -> str | None)"
+            )
+        _dry_run_estimator(ADVANTAGES, self.advantage, self.rollout.group_size, estimator.needs_answers)
         loss_field = "loss.class" if self.loss.class_path is not None else "loss.name"
         _resolve(LOSSES, self.loss.target, loss_field, "losses")
         _build(LOSSES, self.loss.target, self.loss.params, "loss.params")
@@ -308,6 +387,22 @@ class RecipeConfig(_Section):
                              "planned); remove the field")
         return self
 
+    @model_validator(mode="after")
+    def _sampler_fits_batch(self) -> RecipeConfig:
+        # A sampler that picks distinct problems per draw (declared, e.g. vade) cannot fill a
+        # step from fewer problems; num_train is the arithmetic task's size and every other
+        # source's cap, so a smaller one always falls short.
+        from rlkit.data.samplers import SAMPLERS
+
+        name, n, k = self.data.sampler.name, self.data.num_train, self.rollout.prompts_per_step
+        if SAMPLERS.get(name).distinct_per_step and n < k:
+            raise ValueError(
+                f"data.num_train ({n}) is smaller than rollout.prompts_per_step ({k}), and data.sampler "
+                f"'{name}' picks that many distinct problems per step; set data.num_train >= "
+                f"rollout.prompts_per_step, or lower rollout.prompts_per_step"
+            )
+        return self
+
 
 def _resolve(registry: Registry, name: str, field: str, what: str) -> Any:
     """registry.get(name), its errors at `field`: a name -> did-you-mean, a path -> why it failed."""
@@ -317,6 +412,22 @@ def _resolve(registry: Registry, name: str, field: str, what: str) -> Any:
         raise ValueError(_unknown_name(field, name, registry.names(), what)) from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{field}: {exc}") from None
+
+
+def _dry_run_estimator(registry: Registry, spec: AdvantageConfig, group_size: int, needs_answers: bool) -> None:
+    """Call the bound estimator once on a tiny dummy batch (2 groups of `group_size` rows,
+    rewards 0/1, a full 2-token mask, all-distinct answers if it takes them), so that a value
+    only the function checks (riskpo's alpha >= beta, grpo's scale) fails at `advantage.params`."""
+    import torch
+
+    fn = registry.bind(spec.name, spec.params, path="advantage.params")
+    n = 2 * group_size
+    rows = torch.arange(n)  # [n]
+    extra = {"answers": rows} if needs_answers else {}
+    try:
+        fn((rows % 2).float(), rows // group_size, mask=torch.ones(n, 2, dtype=torch.bool), **extra)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"advantage.params: {exc}") from None
 
 
 def _build(registry: Registry, name: str, params: dict[str, Any], path: str) -> Any:

@@ -1,5 +1,23 @@
-"""Prompt datasets for RL: problems with reference answers, and a resumable sampler."""
+"""Prompt datasets for RL: problems with reference answers, and resumable prompt samplers."""
 
 from rlkit.data.datasets import Problem, PromptSampler, load_problems
+from rlkit.data.samplers import (
+    SAMPLERS,
+    Sampler,
+    UniformSampler,
+    VADESampler,
+    build_sampler,
+    register_sampler,
+)
 
-__all__ = ["Problem", "PromptSampler", "load_problems"]
+__all__ = [
+    "SAMPLERS",
+    "Problem",
+    "PromptSampler",
+    "Sampler",
+    "UniformSampler",
+    "VADESampler",
+    "build_sampler",
+    "load_problems",
+    "register_sampler",
+]

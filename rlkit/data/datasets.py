@@ -5,7 +5,8 @@ the reward functions check against (plus any other dataset columns, passed to re
 
 Sources:
 - `arithmetic`: the synthetic task "What is a + b? Answer with only the number." (embedded
-  default: no download, a clear learning signal for SmolLM2-135M).
+  default: no download, a clear learning signal for SmolLM2-135M); harder with more operands
+  and '-' / '*' ("What is 23 + 7 * 4? Answer with only the number.").
 - `gsm8k`, `math`, `hub`: the real `datasets.load_dataset` path (needs the hub or its cache).
 - `jsonl`, `parquet`: local files through the same `datasets` loaders.
 """
@@ -13,12 +14,15 @@ Sources:
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlkit.config import DataConfig
 
 ARITHMETIC_TEMPLATE = "What is {a} + {b}? Answer with only the number."
+EXPRESSION_TEMPLATE = "What is {expression}? Answer with only the number."  # the general form of the above
+OPERAND_NAMES = "abcdefghijklmnopqrstuvwxyz"  # fields holding the operands, named as in the template
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,37 @@ class Problem:
     fields: dict[str, Any] = field(default_factory=dict)  # other columns, passed to rewards
 
 
-def arithmetic_problems(n: int, *, seed: int, lo: int = 0, hi: int = 9) -> list[Problem]:
+def expression_value(terms: Sequence[int], ops: Sequence[str]) -> int:
+    """`terms[0] ops[0] terms[1] ...` with the usual precedence: '*' binds first, then '+' and
+    '-' left to right. No eval(): the running product joins the sum at each '+' or '-'."""
+    total, sign, product = 0, 1, terms[0]
+    for op, x in zip(ops, terms[1:], strict=True):
+        if op == "*":
+            product *= x
+        else:
+            total, sign, product = total + sign * product, (1 if op == "+" else -1), x
+    return total + sign * product
+
+
+def arithmetic_problems(n: int, *, seed: int, lo: int = 0, hi: int = 9, num_terms: int = 2,
+                        operations: Sequence[str] = ("+",)) -> list[Problem]:
+    """n problems "What is a + b? ..." (defaults), or with `num_terms` operands in [lo, hi] and
+    operators drawn uniformly from `operations`, e.g. "What is 23 + 7 * 4? ...".
+
+    Per problem the operands are drawn first, then the operators; with one operation none is
+    drawn, so the default random stream, and its problems, are those of the two-operand sum."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-        out.append(Problem(prompt=ARITHMETIC_TEMPLATE.format(a=a, b=b), answer=str(a + b), fields={"a": a, "b": b}))
+        terms = [rng.randint(lo, hi) for _ in range(num_terms)]
+        if len(operations) > 1:
+            ops = [rng.choice(operations) for _ in range(num_terms - 1)]
+        else:
+            ops = [operations[0]] * (num_terms - 1)
+        expression = " ".join([str(terms[0])] + [f"{op} {x}" for op, x in zip(ops, terms[1:], strict=True)])
+        out.append(Problem(prompt=EXPRESSION_TEMPLATE.format(expression=expression),
+                           answer=str(expression_value(terms, ops)),
+                           fields=dict(zip(OPERAND_NAMES, terms, strict=False))))
     return out
 
 
@@ -77,8 +106,9 @@ def load_problems(cfg: DataConfig) -> tuple[list[Problem], list[Problem]]:
         # Held-out set from a different seed stream, de-duplicated against nothing: with
         # 100 distinct single-digit pairs overlap is unavoidable, so eval measures skill on
         # the task distribution, which is what "accuracy on held-out problems" means here.
-        train = arithmetic_problems(cfg.num_train, seed=cfg.seed, lo=cfg.min_operand, hi=cfg.max_operand)
-        evals = arithmetic_problems(cfg.num_eval, seed=cfg.seed + 10_000, lo=cfg.min_operand, hi=cfg.max_operand)
+        task = dict(lo=cfg.min_operand, hi=cfg.max_operand, num_terms=cfg.num_terms, operations=cfg.operations)
+        train = arithmetic_problems(cfg.num_train, seed=cfg.seed, **task)
+        evals = arithmetic_problems(cfg.num_eval, seed=cfg.seed + 10_000, **task)
         return train, evals
     answer_fn = _gsm8k_answer if cfg.name == "gsm8k" else str
     train = _rows_to_problems(_load_hf(cfg, cfg.split), cfg, cfg.num_train, answer_fn)

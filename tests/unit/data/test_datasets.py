@@ -179,3 +179,88 @@ def test_sampler_rejects_state_of_another_config(num_items, seed):
 def test_sampler_needs_items():
     with pytest.raises(ValueError, match="at least one item"):
         PromptSampler(0, seed=0)
+
+
+# ----------------------------------------------------------------------------- harder arithmetic
+
+import re  # noqa: E402  (this section was appended; its imports stay with it)
+
+from rlkit.config import ConfigError, config_from_dict  # noqa: E402
+from rlkit.data.datasets import Problem, expression_value  # noqa: E402
+
+# The first problems of the default config (seed 0), recorded before num_terms/operations
+# existed: the defaults must keep giving exactly these.
+DEFAULT_FIRST_TRAIN = [(6, 6), (0, 4), (8, 7), (6, 4), (7, 5)]
+DEFAULT_FIRST_EVAL = [(9, 4), (0, 1), (0, 0), (4, 8), (5, 2)]
+
+
+def test_default_config_problems_are_unchanged():
+    train, evals = load_problems(DataConfig(num_train=5, num_eval=5))
+    assert [(p.fields["a"], p.fields["b"]) for p in train] == DEFAULT_FIRST_TRAIN
+    assert [(p.fields["a"], p.fields["b"]) for p in evals] == DEFAULT_FIRST_EVAL
+    for p in train + evals:
+        a, b = p.fields["a"], p.fields["b"]
+        assert p == Problem(ARITHMETIC_TEMPLATE.format(a=a, b=b), str(a + b), {"a": a, "b": b})
+
+
+@pytest.mark.parametrize(
+    ("terms", "ops", "value"),
+    [
+        ([23, 7, 4], ["+", "*"], 51),                # 23 + 28
+        ([2, 3, 4, 5, 1], ["*", "-", "*", "+"], -13),  # 6 - 20 + 1
+        ([10, 2, 3], ["-", "-"], 5),                  # left to right: (10 - 2) - 3
+        ([2, 3, 4], ["*", "*"], 24),
+        ([7, 0], ["*"], 0),
+        ([4, 9], ["-"], -5),
+    ],
+)
+def test_expression_value_hand_values(terms, ops, value):
+    assert expression_value(terms, ops) == value
+
+
+def test_harder_arithmetic_prompts_and_answers():
+    problems = arithmetic_problems(300, seed=5, lo=1, hi=12, num_terms=3, operations=["+", "-", "*"])
+    pattern = re.compile(r"What is (\d+) ([-+*]) (\d+) ([-+*]) (\d+)\? Answer with only the number\.")
+    seen_ops = set()
+    for p in problems:
+        m = pattern.fullmatch(p.prompt)
+        assert m, p.prompt
+        a, op1, b, op2, c = m.groups()
+        seen_ops |= {op1, op2}
+        assert p.fields == {"a": int(a), "b": int(b), "c": int(c)}
+        assert all(1 <= v <= 12 for v in p.fields.values())
+        assert p.answer == str(eval(f"{a} {op1} {b} {op2} {c}"))  # Python's own precedence as reference
+    assert seen_ops == {"+", "-", "*"}
+    assert any(int(p.answer) < 0 for p in problems)  # '-' can go below zero
+
+
+def test_one_operation_is_never_drawn():
+    # a single operation draws no operator, so operands are the default stream's
+    products = arithmetic_problems(20, seed=3, operations=["*"])
+    sums = arithmetic_problems(20, seed=3)
+    assert [p.fields for p in products] == [p.fields for p in sums]
+    assert products[0].prompt == f"What is {products[0].fields['a']} * {products[0].fields['b']}? Answer with only the number."
+
+
+def test_load_problems_passes_the_task_settings():
+    cfg = DataConfig(num_train=30, num_eval=10, seed=2, num_terms=4, operations=["-", "*"], min_operand=3, max_operand=7)
+    train, evals = load_problems(cfg)
+    assert train == arithmetic_problems(30, seed=2, lo=3, hi=7, num_terms=4, operations=["-", "*"])
+    assert evals == arithmetic_problems(10, seed=10_002, lo=3, hi=7, num_terms=4, operations=["-", "*"])
+    assert all(p.prompt.count(" - ") + p.prompt.count(" * ") == 3 for p in train)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"num_terms": 1}, "config error at data.num_terms: got 1; set it between 2 (a + b) and 26 (operands a to z)"),
+        ({"num_terms": 27}, "config error at data.num_terms: got 27; set it between 2"),
+        ({"operations": []}, "config error at data.operations: got [] (it is empty); set a non-empty subset of '+', '-', '*'"),
+        ({"operations": ["+", "/"]}, "config error at data.operations: got ['+', '/'] (unknown ['/']); set a non-empty subset"),
+        ({"operations": ["+", "+"]}, "config error at data.operations: got ['+', '+'] (an operator is listed twice)"),
+    ],
+)
+def test_arithmetic_settings_are_validated(data, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"model": {"name_or_path": "smollm2-135m"}, "data": data})
+    assert message in str(info.value)
