@@ -42,7 +42,7 @@ def setup(cfg: RecipeConfig) -> Components:
     from rlkit.algorithms.losses import build_loss
     from rlkit.algorithms.regularizers import build_regularizer
     from rlkit.assets import resolve_model
-    from rlkit.data import PromptSampler, load_problems
+    from rlkit.data import build_sampler, load_problems
     from rlkit.diagnostics.alarms import AlarmMonitor
     from rlkit.platform import resolve_dtype
     from rlkit.rollout.engine import build_engine
@@ -81,7 +81,8 @@ def setup(cfg: RecipeConfig) -> Components:
         run_dir=Path(cfg.run.output_dir), accelerator=accelerator, policy=policy, loss_fn=loss_fn,
         regularizers=regularizers, ref_model=ref_model, engine=engine,
         train_problems=train_problems, eval_problems=eval_problems,
-        sampler=PromptSampler(len(train_problems), seed=cfg.data.seed),
+        sampler=build_sampler(cfg.data.sampler.name, cfg.data.sampler.params, num_items=len(train_problems),
+                              seed=cfg.data.seed),
         reward_fns=tuple(RewardFunction(s.name, reward_registry.get_reward(s.name), s.weight, dict(s.params))
                          for s in cfg.rewards),
         monitor=AlarmMonitor(entropy_collapse_frac=d.entropy_collapse_frac, zero_adv_frac=d.zero_adv_frac,
@@ -116,6 +117,8 @@ def restore(cfg: RecipeConfig, c: Components) -> int:
 def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     """Rollouts -> rewards -> advantages -> update -> weight sync -> metrics, for one step."""
 
+    from rlkit.algorithms.advantages import get_advantage
+    from rlkit.algorithms.answers import answer_ids
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
     from rlkit.rollout.weight_sync import trainer_weights_for_engine
     from rlkit.trainer.collect import (
@@ -126,7 +129,9 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     )
     from rlkit.trainer.distributed import (
         all_across_ranks,
+        assert_same_across_ranks,
         distinct_across_ranks,
+        gather_across_ranks,
         mean_across_ranks,
         rank_shard,
         sum_across_ranks,
@@ -145,7 +150,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     #    share; the samples are a function of (seed, step, rank), so a resumed run repeats them.
     seed_rollout(t.seed, step, acc.process_index)
     got = collect_rollouts(
-        lambda: rank_shard(c.sampler.next_indices(r.prompts_per_step), acc.process_index, acc.num_processes),
+        lambda: rank_shard(c.sampler.next_indices(r.prompts_per_step, step), acc.process_index, acc.num_processes),
         c.train_problems,
         lambda problems: c.engine.generate([p.prompt for p in problems], r.group_size, c.sampling),
         c.reward_fns, dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds, pad_id=c.engine.pad_id,
@@ -153,11 +158,19 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     )
     batch, scored = got.batch, got.scored
     batch.rewards = scored.rewards
+    # A stateful sampler (VADE) learns each problem's pass rate from every group sampled, on
+    # all ranks, so every rank keeps the same state (the uniform sampler ignores this).
+    outcomes = gather_across_ranks(acc, got.observed)
+    c.sampler.update([o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes], step)
+    assert_same_across_ranks(acc, _digest(c.sampler.state_dict()), "the prompt sampler's state")
 
-    # 2. Advantages.
+    # 2. Advantages (answer clusters only for the estimators that declare they need them).
     t_adv = time.perf_counter()
+    answers = None
+    if get_advantage(cfg.advantage.name).needs_answers:
+        answers = answer_ids(batch.completion_texts, batch.group_ids, cfg.advantage.answer_extractor)
     advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, scored.rewards,
-                                    batch.group_ids, batch.completion_mask)
+                                    batch.group_ids, batch.completion_mask, answers=answers)
 
     # 3. The update. Old logprobs: the engine's (on-policy, one update), or the trainer's own
     #    when the batch is reused (several mini-batches or iterations).
@@ -207,6 +220,14 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     return StepResult(metrics=metrics, nonfinite_skips=skips, samples=samples, sync_max_abs_diff=sync_diff)
 
 
+def _digest(state: dict) -> str:
+    """A short fingerprint of a JSON-able state (to check that ranks hold the same one)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- loop
 
 
@@ -230,7 +251,8 @@ def train(cfg: RecipeConfig) -> Path:
 
     def held_out() -> dict[str, float]:
         return evaluate(c.engine, c.eval_problems, c.reward_fns[0], max_new_tokens=ev.max_new_tokens,
-                        seed=cfg.trainer.seed, accelerator=c.accelerator)
+                        seed=cfg.trainer.seed, accelerator=c.accelerator, samples=ev.samples,
+                        temperature=ev.temperature)
 
     if do_eval and state.step == 0:
         logger.log(0, held_out())

@@ -25,7 +25,7 @@ from rlkit.trainer.distributed import mean_across_ranks, rank_shard
 log = logging.getLogger(__name__)
 
 __all__ = ["Collected", "RewardFunction", "ScoredRollouts", "collect_rollouts", "compute_advantages", "evaluate",
-           "informative_groups", "rollout_metrics", "score_rollouts", "seed_rollout"]
+           "informative_groups", "pass_at_k", "rollout_metrics", "score_rollouts", "seed_rollout"]
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -110,6 +110,7 @@ class Collected:
     problems: list[Problem]
     scored: ScoredRollouts
     drawn: list[int]                # indices of every prompt this rank drew (all rounds)
+    observed: list[tuple[int, int, int]]  # (problem index, correct rows, rows) of every group sampled
     generate_seconds: float         # wall time in the engine
     score_seconds: float            # wall time in the reward functions
     metrics: dict[str, float]       # dynamic-sampling statistics (empty when off)
@@ -135,6 +136,7 @@ def collect_rollouts(
     combines each rank's "done" so ranks draw in lockstep from their shared sampler.
     """
     drawn: list[int] = []
+    observed: list[tuple[int, int, int]] = []  # every sampled group, also those dynamic sampling drops
     seconds = {"generate": 0.0, "score": 0.0}
 
     def sample(idx: list[int]) -> tuple[RolloutBatch, list[Problem], ScoredRollouts]:
@@ -146,10 +148,13 @@ def collect_rollouts(
         scored = score_rollouts(batch, chosen, reward_fns)
         seconds["generate"] += t1 - t0
         seconds["score"] += time.perf_counter() - t1
+        g = batch.group_size
+        wins = scored.correct.view(-1, g).sum(-1).tolist() if len(idx) else []  # [B] correct rows per group
+        observed.extend((i, int(w), g) for i, w in zip(idx, wins, strict=True))
         return batch, chosen, scored
 
     def done(batch, chosen, scored, metrics) -> Collected:
-        return Collected(batch, chosen, scored, drawn, seconds["generate"], seconds["score"], metrics)
+        return Collected(batch, chosen, scored, drawn, observed, seconds["generate"], seconds["score"], metrics)
 
     batch, chosen, scored = sample(draw())
     if not dynamic:
@@ -184,9 +189,18 @@ def collect_rollouts(
 # ----------------------------------------------------------------------------- advantages
 
 
-def compute_advantages(name: str, params: dict, rewards: Tensor, group_ids: Tensor, mask: Tensor) -> Tensor:
-    """Registry lookup + call; `[N]` or `[N, T]` depending on the estimator."""
-    return get_advantage(name)(rewards, group_ids, mask=mask, **params)
+def compute_advantages(name: str, params: dict, rewards: Tensor, group_ids: Tensor, mask: Tensor, *,
+                       answers: Tensor | None = None) -> Tensor:
+    """Registry lookup + call; `[N]` or `[N, T]` depending on the estimator.
+
+    `answers` ([N] answer-cluster ids, `rlkit.algorithms.answers.answer_ids`) is passed exactly
+    to the estimators that declare `needs_answers` (COPO)."""
+    fn = get_advantage(name)
+    if fn.needs_answers:
+        if answers is None:
+            raise ValueError(f"advantage estimator {name!r} declares needs_answers; pass answer cluster ids")
+        return fn(rewards, group_ids, mask=mask, answers=answers, **params)
+    return fn(rewards, group_ids, mask=mask, **params)
 
 
 # ----------------------------------------------------------------------------- evaluation and metrics
@@ -202,21 +216,56 @@ def seed_rollout(seed: int, step: int, rank: int = 0) -> None:
     torch.manual_seed(seed * 1_000_003 + step + rank * 7_919_000_003)
 
 
-def evaluate(engine, problems: Sequence[Problem], reward_fn: RewardFunction, *, max_new_tokens: int, seed: int,
-             accelerator=None) -> dict[str, float]:
-    """Greedy accuracy on held-out problems, scored by the first (correctness) reward.
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem from n samples of which c are correct (Chen et al. 2021,
+    "Evaluating Large Language Models Trained on Code", arXiv 2107.03374, Fig. 3):
 
-    With several processes each rank decodes its share and the accuracies are combined."""
+        pass@k = 1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i)
+
+    the chance that a random k-subset of the n samples holds a correct one. The product form
+    never builds the binomials, which overflow floats for n in the hundreds. n - c < k: every
+    k-subset holds a correct sample, so 1.0. pass@1 = c / n."""
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass_at_k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    miss = 1.0  # C(n-c, k) / C(n, k) as a running product
+    for i in range(n - c + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss
+
+
+# evaluate() seeds its two generate calls with these step numbers (training steps are >= 1),
+# so evaluating at any point of a run, or of its resumed twin, draws the same samples.
+_GREEDY_EVAL_STEP, _SAMPLED_EVAL_STEP = -1, -2
+
+
+def evaluate(engine, problems: Sequence[Problem], reward_fn: RewardFunction, *, max_new_tokens: int, seed: int,
+             samples: int = 0, temperature: float = 1.0, accelerator=None) -> dict[str, float]:
+    """Greedy accuracy on held-out problems, scored by the first (correctness) reward; with
+    `samples` = k > 0 also k completions per problem at `temperature`, reported as the
+    unbiased `eval/pass@1` and `eval/pass@k` (n = k samples, averaged over problems).
+
+    With several processes each rank evaluates its share of the problems and every metric (a
+    mean over problems) is combined weighted by the rank's problem count."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = rank_shard(problems, rank, world)
     metrics: dict[str, float] = {}
     if mine:
-        seed_rollout(seed, -1, rank)
-        batch = engine.generate([p.prompt for p in mine], 1, SamplingConfig(greedy=True, temperature=0.0,
-                                                                             max_new_tokens=max_new_tokens))
+        prompts = [p.prompt for p in mine]
+        seed_rollout(seed, _GREEDY_EVAL_STEP, rank)
+        batch = engine.generate(prompts, 1, SamplingConfig(greedy=True, temperature=0.0,
+                                                           max_new_tokens=max_new_tokens))
         scored = score_rollouts(batch, mine, [reward_fn])
         metrics = {"eval/accuracy": float(scored.correct.float().mean()),
                    "eval/completion_len": float(batch.completion_lengths.float().mean())}
+        if samples:
+            seed_rollout(seed, _SAMPLED_EVAL_STEP, rank)
+            batch = engine.generate(prompts, samples, SamplingConfig(temperature=temperature,
+                                                                     max_new_tokens=max_new_tokens))
+            correct = score_rollouts(batch, mine, [reward_fn]).correct.view(len(mine), samples).sum(-1)  # [B]
+            for k in sorted({1, samples}):  # k = 1 = samples: one key, not the same value twice
+                metrics[f"eval/pass@{k}"] = sum(pass_at_k(samples, c, k) for c in correct.tolist()) / len(mine)
     return mean_across_ranks(accelerator, metrics, weight=len(mine)) if problems else {}
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["all_across_ranks", "distinct_across_ranks", "max_across_ranks", "mean_across_ranks",
+__all__ = ["all_across_ranks", "assert_same_across_ranks", "distinct_across_ranks", "gather_across_ranks", "max_across_ranks", "mean_across_ranks",
            "rank_shard", "sum_across_ranks"]
 
 
@@ -66,6 +66,28 @@ def mean_across_ranks(accelerator, metrics: dict[str, float], weight: float = 1.
         total = sum(w for w, _ in pairs)
         out[key] = sum(w * v for w, v in pairs) / total if total else float("nan")
     return out
+
+
+def gather_across_ranks(accelerator, items: Sequence) -> list:
+    """Every rank's `items`, concatenated in rank order, on every rank (e.g. per-problem
+    outcomes that a stateful sampler must see whole, so all ranks keep one state)."""
+    if _world(accelerator) == 1:
+        return list(items)
+    from accelerate.utils import gather_object
+
+    return list(gather_object(list(items)))
+
+
+def assert_same_across_ranks(accelerator, value: str, what: str) -> None:
+    """Raise on every rank when `value` (e.g. a digest of state every rank must hold alike)
+    differs between ranks: ranks that disagree on shared state draw different data silently."""
+    if _world(accelerator) == 1:
+        return
+    from accelerate.utils import gather_object
+
+    values = gather_object([value])
+    if len(set(values)) > 1:
+        raise RuntimeError(f"{what} differs between data-parallel ranks: {values}")
 
 
 def distinct_across_ranks(accelerator, indices: Sequence[int]) -> int:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # heavy imports only for the annotations
     from torch import Tensor, nn
 
     from rlkit.algorithms.losses import PolicyLoss
-    from rlkit.data import Problem, PromptSampler
+    from rlkit.data import Problem, Sampler
     from rlkit.diagnostics.alarms import AlarmMonitor
     from rlkit.rollout.engine import RolloutEngine
     from rlkit.rollout.types import SamplingConfig
@@ -43,7 +43,7 @@ class Components:
     engine: RolloutEngine
     train_problems: list[Problem]
     eval_problems: list[Problem]
-    sampler: PromptSampler                    # checkpointed
+    sampler: Sampler                          # uniform or stateful (VADE); checkpointed
     reward_fns: tuple[RewardFunction, ...]    # the first one is the correctness reward (accuracy)
     monitor: AlarmMonitor                     # checkpointed
     forward: ForwardSettings

@@ -72,20 +72,34 @@ def test_three_steps_log_train_sync_and_checkpoint(tmp_path):
     assert state["step"] == 3 and state["sampler"]["cursor"] == 6  # 3 steps x 2 prompts
 
 
-def test_resume_is_exact(tmp_path):
+VADE_AND_SAMPLED_EVAL = ("data.sampler={name: vade}", "data.num_train=16", "eval.enabled=true",
+                         "eval.every=2", "eval.samples=2", "data.num_eval=4", "eval.max_new_tokens=4")
+
+
+@pytest.mark.parametrize("extra", [(), VADE_AND_SAMPLED_EVAL], ids=["uniform", "vade_sampled_eval"])
+def test_resume_is_exact(tmp_path, extra):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _launch(straight, "trainer.max_steps=4", "trainer.checkpoint_every=2")
-    _launch(resumed, "trainer.max_steps=2", "trainer.checkpoint_every=2")
-    _launch(resumed, "trainer.max_steps=4", "trainer.checkpoint_every=2")  # resumes from step 2
+    _launch(straight, "trainer.max_steps=4", "trainer.checkpoint_every=2", *extra)
+    _launch(resumed, "trainer.max_steps=2", "trainer.checkpoint_every=2", *extra)
+    _launch(resumed, "trainer.max_steps=4", "trainer.checkpoint_every=2", *extra)  # resumes from step 2
 
     a = load_file(straight / "final_model" / "model.safetensors")
     b = load_file(resumed / "final_model" / "model.safetensors")
     assert all(torch.equal(a[n], b[n]) for n in a), "resumed parameters differ from the straight run"
 
-    ra = {r["step"]: r["reward/mean"] for r in _metrics(straight)}
-    rb = {r["step"]: r["reward/mean"] for r in _metrics(resumed)}
+    ra = {r["step"]: r["reward/mean"] for r in _metrics(straight) if "reward/mean" in r}
+    rb = {r["step"]: r["reward/mean"] for r in _metrics(resumed) if "reward/mean" in r}
     assert sorted(rb) == [1, 2, 3, 4]  # the resumed run's log is one history, no duplicates
     assert [ra[3], ra[4]] == [rb[3], rb[4]]
+    state_a = json.loads((straight / "checkpoints/step-000004/trainer_state.json").read_text())
+    state_b = json.loads((resumed / "checkpoints/step-000004/trainer_state.json").read_text())
+    assert state_a["sampler"] == state_b["sampler"]  # VADE's posteriors too, to the last bit
+    if extra:
+        assert state_a["sampler"]["name"] == "vade"
+        ea = {r["step"]: r for r in _metrics(straight) if "eval/pass@2" in r}
+        eb = {r["step"]: r for r in _metrics(resumed) if "eval/pass@2" in r}
+        assert sorted(ea) == sorted(eb) == [0, 2, 4]
+        assert ea[4]["eval/pass@2"] == eb[4]["eval/pass@2"] and ea[4]["eval/pass@1"] == eb[4]["eval/pass@1"]
 
 
 def test_llds_regularizer_runs_in_the_recipe(tmp_path):

@@ -42,10 +42,13 @@ def _launch(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.Co
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_two_ranks_split_prompts_and_train(tmp_path, engine):
+@pytest.mark.parametrize(("engine", "sampler"), [("hf", "uniform"), ("vllm", "uniform"), ("hf", "vade")])
+def test_two_ranks_split_prompts_and_train(tmp_path, engine, sampler):
+    """With the VADE sampler every rank updates its posteriors from the outcomes of all ranks;
+    the recipe checks each step that both ranks hold the same sampler state (it raises if not),
+    and identical states are what keep the 4 prompts distinct across ranks."""
     run = tmp_path / "run"
-    proc = _launch(run, f"rollout.engine={engine}")
+    proc = _launch(run, f"rollout.engine={engine}", f"data.sampler={{name: {sampler}}}", "data.num_train=16")
     assert proc.returncode == 0, f"recipe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -59,7 +62,11 @@ def test_two_ranks_split_prompts_and_train(tmp_path, engine):
     assert [r["step"] for r in evals] == [0, 2]  # the sharded eval (3 problems per rank) ran
 
     state = json.loads((run / "checkpoints/step-000002/trainer_state.json").read_text())
-    assert state["sampler"]["cursor"] == 8  # one sampler, advanced by the global 4 prompts per step
+    if sampler == "uniform":
+        assert state["sampler"]["cursor"] == 8  # one sampler, advanced by the global 4 prompts per step
+    else:  # 2 steps x 4 prompts x 2 rows observed (on both ranks), decayed toward the prior
+        seen = sum(state["sampler"]["alpha"]) + sum(state["sampler"]["beta"]) - 2 * 16
+        assert 8 < seen <= 16
     before = load_file(tiny_model_dir() / "model.safetensors")
     after = load_file(run / "final_model" / "model.safetensors")
     assert any(not torch.equal(before[n], after[n]) for n in before)
