@@ -10,7 +10,8 @@ learning rate and evaluation, plus the overrides that make it that method; runs 
 another, each in its own process (run it alone: 2 cores). Writes bench/results/methods.json and
 bench/results/methods.md (the table for BENCHMARKS.md): held-out greedy accuracy before/after,
 sampled pass@1 and pass@k after, final policy entropy (mean of the last 5 steps), mean
-zero-advantage fraction, wall time. The expectation of each method is declared below, before
+fraction of groups with identical rewards (`diag/zero_adv_frac`), mean fraction of rows with a
+non-zero advantage (`diag/effective_batch_frac`), wall time. The expectation of each method is declared below, before
 any run, and the table says whether it held. On a toy task a method that does not beat GRPO
 is still a row.
 """
@@ -54,7 +55,8 @@ METHODS = (
     Method("riskpo", ("advantage={name: riskpo, params: {bundle_size: 4}}",),
            "pass@k >= GRPO's (the lower-tail term pushes hard questions), greedy accuracy about GRPO's"),
     Method("copo", ("advantage={name: copo, answer_extractor: last_number}",),
-           "lower zero-advantage fraction than GRPO (the global term has signal in saturated groups)"),
+           "higher effective-batch fraction than GRPO (the global term gives all-wrong and all-right "
+           "groups an advantage), held-out accuracy >= GRPO's"),
     Method("vade", ("data.sampler={name: vade}",),
            "lower zero-advantage fraction than GRPO (prompts near 50% pass rate are chosen)"),
 )
@@ -99,6 +101,7 @@ def run_method(m: Method, a: argparse.Namespace, work: Path) -> dict:
         "pass1_after": evals[-1].get("eval/pass@1"), f"pass{a.samples}_after": evals[-1].get(f"eval/pass@{a.samples}"),
         "pass1_before": evals[0].get("eval/pass@1"), f"pass{a.samples}_before": evals[0].get(f"eval/pass@{a.samples}"),
         "entropy_final": mean("policy/entropy", steps[-5:]), "zero_adv_mean": mean("diag/zero_adv_frac", steps),
+        "effective_batch_mean": mean("diag/effective_batch_frac", steps),
         "logp_delta_pos_mean": mean("diag/logp_delta_pos", steps), "reward_mean": mean("reward/mean", steps),
         "completion_len_mean": mean("rollout/completion_len_mean", steps),
         "s_per_step": mean("time/step", steps[1:]), "steps": len(steps),
@@ -110,16 +113,17 @@ def run_method(m: Method, a: argparse.Namespace, work: Path) -> dict:
 
 def table(results: list[dict], k: int) -> str:
     head = (f"| method | held-out acc. step 0 -> end | pass@1 / pass@{k} end | final entropy | "
-            f"zero-adv. frac | s/step | wall min | expected (declared before the run) | held? |")
-    lines = [head, "|" + "---|" * 9]
+            f"zero-adv. groups | effective batch | s/step | wall min | expected (declared before the run) | held? |")
+    lines = [head, "|" + "---|" * 10]
     for r in results:
         if r.get("returncode") != 0:
-            lines.append(f"| {r['method']} | failed | | | | | | {r['expect']} | |")
+            lines.append(f"| {r['method']} | failed | | | | | | | {r['expect']} | |")
             continue
         p1, pk = r.get("pass1_after"), r.get(f"pass{k}_after")
         passes = f"{p1:.3f} / {pk:.3f}" if p1 is not None and pk is not None else "n/a"
         lines.append(f"| {r['method']} | {r['acc_before']:.3f} -> **{r['acc_after']:.3f}** | {passes} | "
-                     f"{r['entropy_final']} | {r['zero_adv_mean']} | {r['s_per_step']} | {r['wall_min']} | "
+                     f"{r['entropy_final']} | {r['zero_adv_mean']} | {r.get('effective_batch_mean')} | "
+                     f"{r['s_per_step']} | {r['wall_min']} | "
                      f"{r['expect']} | {r.get('held', '(to judge)')} |")
     return "\n".join(lines)
 
