@@ -39,25 +39,31 @@ class Method:
     expect: str  # declared before running: what this method should move, relative to GRPO
 
 
-# The baseline is the config as shipped (GRPO advantage, GRPO loss). Expectations are written
-# from the papers' claims, scaled down to what 30 steps of a 135M model on arithmetic can show.
+# Every method names its loss in full (`loss={name: ...}` resets `loss.params`), so the shipped
+# config's loss settings (token-mean, clip-higher) do not leak into a method that has its own.
+# The baseline is GRPO as published: group-normalised advantage, PPO clip 0.2/0.2, seq-mean-
+# token-mean. With one on-policy update per batch (the config's default) the ratio is 1, so
+# the clip ranges never act; what tells GRPO, DAPO and Dr. GRPO apart here is the aggregation
+# and the advantage. Expectations are written from the papers' claims, scaled down to what
+# 30 steps of a 135M model on arithmetic can show.
+GRPO = ("advantage={name: grpo}", "loss={name: grpo}")
 METHODS = (
-    Method("grpo", (), "baseline: held-out accuracy rises; entropy falls"),
-    Method("dr_grpo", ("advantage={name: dr_grpo}", "loss.name=dr_grpo"),
+    Method("grpo", GRPO, "baseline: held-out accuracy rises; entropy falls"),
+    Method("dr_grpo", ("advantage={name: dr_grpo}", "loss={name: dr_grpo}"),
            "about GRPO's accuracy; shorter wrong answers are no longer favoured (no std/length bias)"),
-    Method("dapo", ("loss.name=dapo",),
+    Method("dapo", ("advantage={name: grpo}", "loss={name: dapo}"),
            "about GRPO's accuracy, entropy falls more slowly (clip-higher 0.28)"),
-    Method("dapo_dynamic", ("loss.name=dapo", "rollout.dynamic_sampling=true"),
+    Method("dapo_dynamic", ("advantage={name: grpo}", "loss={name: dapo}", "rollout.dynamic_sampling=true"),
            "lower zero-advantage fraction in the trained batches than GRPO, accuracy >= GRPO's, more wall time"),
-    Method("grpo_llds", ("regularizers=[{name: llds, coef: 0.2}]", "trainer.mini_batches=2",
+    Method("grpo_llds", (*GRPO, "regularizers=[{name: llds, coef: 0.2}]", "trainer.mini_batches=2",
                          "trainer.use_engine_logprobs=false"),
            "accuracy about GRPO's; the likelihood of correct answers is kept (diag/logp_delta_pos >= GRPO's)"),
-    Method("riskpo", ("advantage={name: riskpo, params: {bundle_size: 4}}",),
+    Method("riskpo", ("advantage={name: riskpo, params: {bundle_size: 4}}", "loss={name: grpo}"),
            "pass@k >= GRPO's (the lower-tail term pushes hard questions), greedy accuracy about GRPO's"),
-    Method("copo", ("advantage={name: copo, answer_extractor: last_number}",),
+    Method("copo", ("advantage={name: copo, answer_extractor: last_number}", "loss={name: grpo}"),
            "higher effective-batch fraction than GRPO (the global term gives all-wrong and all-right "
            "groups an advantage), held-out accuracy >= GRPO's"),
-    Method("vade", ("data.sampler={name: vade}",),
+    Method("vade", (*GRPO, "data.sampler={name: vade}"),
            "lower zero-advantage fraction than GRPO (prompts near 50% pass rate are chosen)"),
 )
 
