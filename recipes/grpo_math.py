@@ -105,7 +105,11 @@ def restore(cfg: RecipeConfig, c: Components) -> int:
     if ckpt is None:
         return 0
     state = load_checkpoint(c.accelerator, ckpt)
-    c.sampler.load_state_dict(state["sampler"])
+    try:
+        c.sampler.load_state_dict(state["sampler"])
+    except ValueError as exc:  # e.g. a checkpoint made for another data set: stop, say which
+        raise ConfigError(f"cannot resume from {ckpt}: {exc}. Use another run.output_dir, or "
+                          "run.resume: false to start over in this one") from None
     c.monitor.load_state_dict(state["alarms"])
     sync_weights(c.engine, c.policy)  # the engine starts from the base model: bring it up to date
     return int(state["step"])

@@ -68,8 +68,9 @@ class Sampler:
         trials: Sequence[float] | Tensor,
         step: int,
     ) -> None:
-        """Outcomes of step `step`: problem `indices[j]` had `successes[j]` of `trials[j]` rollouts right."""
-        raise NotImplementedError(f"{type(self).__name__} must implement update(...)")
+        """Outcomes of step `step`: problem `indices[j]` had `successes[j]` of `trials[j]` rollouts
+        right. A sampler whose draws do not depend on outcomes keeps this no-op."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} must implement state_dict()")
@@ -109,15 +110,6 @@ class UniformSampler(Sampler):
 
     def next_indices(self, k: int, step: int) -> list[int]:
         return self._epochs.next_indices(k)
-
-    def update(
-        self,
-        indices: Sequence[int] | Tensor,
-        successes: Sequence[float] | Tensor,
-        trials: Sequence[float] | Tensor,
-        step: int,
-    ) -> None:
-        return None  # the order is fixed by the seed; outcomes do not change it
 
     def state_dict(self) -> dict[str, Any]:
         return self._epochs.state_dict()

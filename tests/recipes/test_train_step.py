@@ -144,3 +144,29 @@ def test_two_steps_per_method(one_process, overrides):
         state = c.sampler.state_dict()
         seen = sum(a + b for a, b in zip(state["alpha"], state["beta"], strict=True)) - 2 * 16  # minus the priors
         assert seen == pytest.approx(2 * 2 * 4, rel=0.2)  # 2 steps x 2 prompts x 4 rows observed, lightly decayed
+
+
+def test_resume_refuses_a_sampler_state_made_for_another_dataset(one_process):
+    """A checkpoint whose VADE state covers 16 problems cannot drive a run over 32: the resume
+    stops with a config error naming the checkpoint, instead of sampling from a wrong posterior."""
+    from rlkit.config import ConfigError
+    from rlkit.trainer.checkpoint import save_checkpoint
+
+    recipe = _recipe()
+    vade = ('rewards=[{name: "toy_rewards:char_parity"}]', "data.sampler={name: vade}")
+    cfg = _config(one_process, *vade, "data.num_train=16")
+    c = recipe.setup(cfg)
+    try:
+        recipe.train_step(cfg, c, 1)
+        save_checkpoint(c.accelerator, c.run_dir, 1, {"sampler": c.sampler.state_dict(),
+                                                      "alarms": c.monitor.state_dict()}, keep_last=1)
+    finally:
+        c.engine.close()
+    _reset_accelerate()
+    cfg = _config(one_process, *vade, "data.num_train=32")
+    c = recipe.setup(cfg)
+    try:
+        with pytest.raises(ConfigError, match="cannot resume from .*step-000001.*data config changed"):
+            recipe.restore(cfg, c)
+    finally:
+        c.engine.close()
