@@ -121,8 +121,6 @@ def restore(cfg: RecipeConfig, c: Components) -> int:
 def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     """Rollouts -> rewards -> advantages -> update -> weight sync -> metrics, for one step."""
 
-    from rlkit.algorithms.advantages import get_advantage
-    from rlkit.algorithms.answers import answer_ids
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
     from rlkit.rollout.weight_sync import trainer_weights_for_engine
     from rlkit.trainer.collect import (
@@ -166,15 +164,12 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     # all ranks, so every rank keeps the same state (the uniform sampler ignores this).
     outcomes = gather_across_ranks(acc, got.observed)
     c.sampler.update([o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes], step)
-    assert_same_across_ranks(acc, _digest(c.sampler.state_dict()), "the prompt sampler's state")
+    assert_same_across_ranks(acc, c.sampler.state_dict, "the prompt sampler's state")
 
     # 2. Advantages (answer clusters only for the estimators that declare they need them).
     t_adv = time.perf_counter()
-    answers = None
-    if get_advantage(cfg.advantage.name).needs_answers:
-        answers = answer_ids(batch.completion_texts, batch.group_ids, cfg.advantage.answer_extractor)
-    advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, scored.rewards,
-                                    batch.group_ids, batch.completion_mask, answers=answers)
+    advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, batch, scored.rewards,
+                                    answer_extractor=cfg.advantage.answer_extractor)
 
     # 3. The update. Old logprobs: the engine's (on-policy, one update), or the trainer's own
     #    when the batch is reused (several mini-batches or iterations).
@@ -222,14 +217,6 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         samples = [Sample(got.problems[i // r.group_size].prompt, batch.completion_texts[i], float(scored.rewards[i]))
                    for i in range(0, batch.num_rows, r.group_size)]
     return StepResult(metrics=metrics, nonfinite_skips=skips, samples=samples, sync_max_abs_diff=sync_diff)
-
-
-def _digest(state: dict) -> str:
-    """A short fingerprint of a JSON-able state (to check that ranks hold the same one)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- loop

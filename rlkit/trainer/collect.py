@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from rlkit.algorithms.advantages import get_advantage
+from rlkit.algorithms.answers import answer_ids
 from rlkit.data import Problem
 from rlkit.rollout.types import RolloutBatch, SamplingConfig
 from rlkit.trainer.distributed import mean_across_ranks, rank_shard
@@ -189,18 +190,19 @@ def collect_rollouts(
 # ----------------------------------------------------------------------------- advantages
 
 
-def compute_advantages(name: str, params: dict, rewards: Tensor, group_ids: Tensor, mask: Tensor, *,
-                       answers: Tensor | None = None) -> Tensor:
+def compute_advantages(name: str, params: dict, batch: RolloutBatch, rewards: Tensor, *,
+                       answer_extractor: str | None = None) -> Tensor:
     """Registry lookup + call; `[N]` or `[N, T]` depending on the estimator.
 
-    `answers` ([N] answer-cluster ids, `rlkit.algorithms.answers.answer_ids`) is passed exactly
-    to the estimators that declare `needs_answers` (COPO)."""
+    An estimator that declares `needs_answers` (COPO) also gets answer-cluster ids of the
+    batch's completions, read by `answer_extractor`; the others never pay for the extraction."""
     fn = get_advantage(name)
+    extra = {}
     if fn.needs_answers:
-        if answers is None:
-            raise ValueError(f"advantage estimator {name!r} declares needs_answers; pass answer cluster ids")
-        return fn(rewards, group_ids, mask=mask, answers=answers, **params)
-    return fn(rewards, group_ids, mask=mask, **params)
+        if answer_extractor is None:
+            raise ValueError(f"advantage estimator {name!r} declares needs_answers; set advantage.answer_extractor")
+        extra["answers"] = answer_ids(batch.completion_texts, batch.group_ids, answer_extractor)
+    return fn(rewards, batch.group_ids, mask=batch.completion_mask, **extra, **params)
 
 
 # ----------------------------------------------------------------------------- evaluation and metrics

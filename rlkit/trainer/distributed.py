@@ -6,7 +6,7 @@ process, so single-process code pays nothing and needs no branches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -78,14 +78,19 @@ def gather_across_ranks(accelerator, items: Sequence) -> list:
     return list(gather_object(list(items)))
 
 
-def assert_same_across_ranks(accelerator, value: str, what: str) -> None:
-    """Raise on every rank when `value` (e.g. a digest of state every rank must hold alike)
-    differs between ranks: ranks that disagree on shared state draw different data silently."""
+def assert_same_across_ranks(accelerator, state: Callable[[], dict], what: str) -> None:
+    """Raise on every rank when `state()` (JSON-able state every rank must hold alike) differs
+    between ranks: ranks that disagree on shared state draw different data silently. Only a
+    fingerprint crosses ranks; on one process `state` is never called."""
     if _world(accelerator) == 1:
         return
+    import hashlib
+    import json
+
     from accelerate.utils import gather_object
 
-    values = gather_object([value])
+    digest = hashlib.sha256(json.dumps(state(), sort_keys=True).encode()).hexdigest()[:16]
+    values = gather_object([digest])
     if len(set(values)) > 1:
         raise RuntimeError(f"{what} differs between data-parallel ranks: {values}")
 
