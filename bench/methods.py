@@ -65,6 +65,15 @@ METHODS = (
            "groups an advantage), held-out accuracy >= GRPO's"),
     Method("vade", (*GRPO, "data.sampler={name: vade}"),
            "lower zero-advantage fraction than GRPO (prompts near 50% pass rate are chosen)"),
+    # Token-level methods (declared 2026-12-01, before their first run). THR's sign decides
+    # exploitation (p > 0) or exploration (p < 0), so the two rows are read against each other.
+    Method("thr_pos", (*GRPO, "token_weights={name: thr, params: {p: 0.5}}"),
+           "exploitation: final entropy below GRPO's and below thr_neg's; greedy accuracy >= GRPO's"),
+    Method("thr_neg", (*GRPO, "token_weights={name: thr, params: {p: -0.5}}"),
+           "exploration: final entropy above GRPO's and above thr_pos's; pass@4 >= thr_pos's"),
+    Method("hapo", ("advantage={name: hapo_tlga}", "loss={name: hapo}"),
+           "accuracy about DAPO's (within 5 points); final entropy >= DAPO's (on-policy, only the advantage "
+           "redistribution acts: low-entropy tokens' advantages are scaled down, so they are sharpened less)"),
 )
 
 

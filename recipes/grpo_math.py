@@ -41,6 +41,7 @@ def setup(cfg: RecipeConfig) -> Components:
     import rewards as reward_registry
     from rlkit.algorithms.losses import build_loss
     from rlkit.algorithms.regularizers import build_regularizer
+    from rlkit.algorithms.token_weights import build_token_weighter
     from rlkit.assets import resolve_model
     from rlkit.data import build_sampler, load_problems
     from rlkit.diagnostics.alarms import AlarmMonitor
@@ -80,6 +81,8 @@ def setup(cfg: RecipeConfig) -> Components:
     return Components(
         run_dir=Path(cfg.run.output_dir), accelerator=accelerator, policy=policy, loss_fn=loss_fn,
         regularizers=regularizers, ref_model=ref_model, engine=engine,
+        token_weighter=(build_token_weighter(cfg.token_weights.name, **cfg.token_weights.params)
+                        if cfg.token_weights is not None else None),
         train_problems=train_problems, eval_problems=eval_problems,
         sampler=build_sampler(cfg.data.sampler.name, cfg.data.sampler.params, num_items=len(train_problems),
                               seed=cfg.data.seed),
@@ -121,6 +124,7 @@ def restore(cfg: RecipeConfig, c: Components) -> int:
 def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     """Rollouts -> rewards -> advantages -> update -> weight sync -> metrics, for one step."""
 
+    from rlkit.algorithms.token_weights import TokenFeatures, TokenWeightInputs
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
     from rlkit.rollout.weight_sync import trainer_weights_for_engine
     from rlkit.trainer.collect import (
@@ -138,12 +142,8 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         rank_shard,
         sum_across_ranks,
     )
-    from rlkit.trainer.update import (
-        batch_logprobs,
-        policy_update,
-        post_update_logprobs,
-        sync_weights,
-    )
+    from rlkit.trainer.token_pass import token_pass
+    from rlkit.trainer.update import policy_update, post_update_logprobs, sync_weights
 
     r, t, acc = cfg.rollout, cfg.trainer, c.accelerator
     t_step = time.perf_counter()
@@ -171,17 +171,34 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, batch, scored.rewards,
                                     answer_extractor=cfg.advantage.answer_extractor)
 
-    # 3. The update. Old logprobs: the engine's (on-policy, one update), or the trainer's own
-    #    when the batch is reused (several mini-batches or iterations).
-    t_train = time.perf_counter()
+    # 3. The old-policy token pass, only when something needs it: the trainer's own old
+    #    logprobs when the batch is reused (several mini-batches or iterations; otherwise the
+    #    engine's serve, or the first forward's), whole-batch entropy statistics (a loss that
+    #    declares needs_entropy_score, HAPO), or a token-weight function (THR).
+    t_pass = time.perf_counter()
     old = batch.engine_logprobs if t.use_engine_logprobs else None
-    if old is None and (t.num_iterations > 1 or t.mini_batches > 1):
-        old, _ = batch_logprobs(c.policy.unwrapped(), batch, c.forward, c.policy.autocast)
+    recompute_old = old is None and (t.num_iterations > 1 or t.mini_batches > 1)
+    features, pass_metrics = None, {}
+    if recompute_old or c.loss_fn.needs_entropy_score or c.token_weighter is not None:
+        tp = token_pass(c.policy.unwrapped(), batch, c.forward, c.policy.autocast, weighter=c.token_weighter,
+                        correct=scored.correct)
+        old = tp.logprobs if recompute_old else old
+        features = TokenFeatures()
+        if c.token_weighter is not None:
+            features = c.token_weighter(TokenWeightInputs(
+                mask=batch.completion_mask, advantages=advantages, rewards=scored.rewards, correct=scored.correct,
+                group_ids=batch.group_ids, entropy=tp.entropy, scores=tp.scores))
+        if c.loss_fn.needs_entropy_score:
+            features.entropy_score = c.loss_fn.batch_entropy_score(tp.entropy, batch.completion_mask)
+        pass_metrics = {**features.metrics, "time/token_pass": tp.seconds}
+
+    # 4. The update.
+    t_train = time.perf_counter()
     update = policy_update(c.policy, c.loss_fn, batch, advantages, old_logprobs=old, ref_model=c.ref_model,
                            fs=c.forward, num_iterations=t.num_iterations, mini_batches=t.mini_batches,
-                           regularizers=c.regularizers)
+                           regularizers=c.regularizers, features=features)
 
-    # 4. Weight sync, optionally read back (0.0 = the engine serves exactly the trainer's weights).
+    # 5. Weight sync, optionally read back (0.0 = the engine serves exactly the trainer's weights).
     t_sync = time.perf_counter()
     sync_weights(c.engine, c.policy)
     sync_diff = None
@@ -189,8 +206,8 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         sync_diff = c.engine.max_weight_diff(trainer_weights_for_engine(c.policy.unwrapped()))
     t_end = time.perf_counter()
 
-    # 5. Metrics: one key per quantity, tensors until the logger turns them into numbers.
-    metrics = {**rollout_metrics(batch, scored), **got.metrics, **update.metrics}
+    # 6. Metrics: one key per quantity, tensors until the logger turns them into numbers.
+    metrics = {**rollout_metrics(batch, scored), **got.metrics, **update.metrics, **pass_metrics}
     if cfg.diagnostics.enabled:
         new_lp = None
         if cfg.diagnostics.post_update_logprobs:
@@ -202,7 +219,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     metrics.update({
         "train/grad_norm": c.policy.grad_norm(), "train/lr": c.policy.lr(),
         "time/generate": got.generate_seconds, "time/score": got.score_seconds,
-        "time/advantage": t_train - t_adv, "time/train": t_sync - t_train, "time/sync": t_end - t_sync,
+        "time/advantage": t_pass - t_adv, "time/train": t_sync - t_train, "time/sync": t_end - t_sync,
         "time/step": time.perf_counter() - t_step,
         "rollout/tokens_per_s": float(batch.completion_lengths.sum()) / max(got.generate_seconds, 1e-9),
     })

@@ -195,6 +195,16 @@ class RegularizerSpec(_Section):
     )
 
 
+class TokenWeightsSpec(_Section):
+    name: str = Field(
+        ..., description="A registered token-weight function (rlkit.algorithms.token_weights), e.g. thr, "
+        "or `pkg.mod:Class`. It runs once per batch on the old-policy token pass (`time/token_pass`)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Constructor keyword arguments (thr: p, mode, gate_beta); built at validation."
+    )
+
+
 class AdvantageConfig(_Section):
     name: str = Field(
         "grpo", description="A registered advantage estimator (rlkit.algorithms.advantages) or `pkg.mod:fn`."
@@ -323,6 +333,9 @@ class RecipeConfig(_Section):
     regularizers: list[RegularizerSpec] = Field(
         default_factory=list, description="Terms added to the policy loss, each with a coefficient (e.g. llds)."
     )
+    token_weights: TokenWeightsSpec | None = Field(
+        None, description="Per-token weights multiplying the policy loss (e.g. thr: Token Hidden Reward); null = none."
+    )
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
@@ -382,6 +395,20 @@ class RecipeConfig(_Section):
                     raise ValueError(
                         f"regularizers.{i} ({spec.name}) needs the trainer's own old logprobs (the engine's differ "
                         "numerically and would count as displacement); set trainer.use_engine_logprobs: false")
+        if self.token_weights is not None:
+            from rlkit.algorithms.token_weights import TOKEN_WEIGHTS
+
+            tw = self.token_weights
+            tw_cls = _resolve(TOKEN_WEIGHTS, tw.name, "token_weights.name", "token-weight functions")
+            _build(TOKEN_WEIGHTS, tw.name, tw.params, "token_weights.params")
+            if tw_cls.needs_group and self.rollout.group_size < 2:
+                raise ValueError(
+                    f"token_weights.name: '{tw.name}' compares each response with the correct ones of its group; "
+                    f"rollout.group_size is {self.rollout.group_size}, set it >= 2")
+            if tw_cls.needs_hidden and self.trainer.zero_stage == 3:
+                raise ValueError(
+                    f"token_weights.name: '{tw.name}' reads the output projection directly, which ZeRO-3 "
+                    "partitions; use trainer.zero_stage 0-2 (not supported under ZeRO-3 yet)")
         if self.model.teacher_model is not None:
             raise ValueError("model.teacher_model: no distillation term uses a teacher yet (KDRL/PACED are "
                              "planned); remove the field")

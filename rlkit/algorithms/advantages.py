@@ -41,6 +41,7 @@ __all__ = [
     "dr_grpo",
     "get_advantage",
     "grpo",
+    "hapo_tlga",
     "masked_whiten",
     "opo",
     "pass_at_k",
@@ -211,6 +212,36 @@ def opo(rewards: Tensor, group_ids: Tensor, *, mask: Tensor | None = None) -> Te
     base = torch.where(lsum > 0, wsum / lsum.clamp(min=1), mean)  # [B]
     const = _group_const(r, inv, B)  # constant groups / singletons -> exactly 0
     return torch.where(const, torch.zeros_like(r), r - base[inv])
+
+
+@register_advantage("hapo_tlga")
+def hapo_tlga(
+    rewards: Tensor, group_ids: Tensor, *, mask: Tensor | None = None, eps: float = 1e-6, fallback: float = 5.0
+) -> Tensor:
+    """HAPO's Token-Level Group Average (arXiv 2509.16591; `compute_hapo_outcome_advantage` in
+    the authors' repository starriver030515/HAPO): group statistics over tokens, not responses.
+
+    Each reward counts once per token of its response: mu_g = sum_i |o_i| r_i / sum_i |o_i|,
+    sigma_g = sqrt(sum_i |o_i| (r_i - mu_g)^2 / sum_i |o_i|) (biased), A_i = (r_i - mu_g) /
+    (sigma_g + eps). A group where some |A_i| >= `fallback` (a short outlier would dominate)
+    falls back to the GRPO advantage (unbiased std, same eps), as does a group whose lengths
+    are all 0. Singletons and constant groups -> 0.
+    """
+    if fallback <= 0:
+        raise ValueError(f"hapo_tlga: fallback must be > 0 (paper: 5), got {fallback}")
+    r = _float(rewards)  # [N]
+    m = _need_mask(mask, "hapo_tlga", r.shape[0])
+    inv, counts = _groups(group_ids)
+    B = counts.shape[0]
+    length = m.sum(-1).to(r.dtype)  # [N]
+    lsum = _group_sum(length, inv, B)  # [B]
+    mu = _group_sum(length * r, inv, B) / lsum.clamp(min=1)  # [B]
+    var = _group_sum(length * (r - mu[inv]).square(), inv, B) / lsum.clamp(min=1)  # [B], biased
+    adv = (r - mu[inv]) / (var.sqrt()[inv] + eps)  # [N]
+    big = _group_sum((adv.abs() >= fallback).to(r.dtype), inv, B) > 0  # [B]
+    use_grpo = (big | (lsum == 0))[inv]  # [N]
+    adv = torch.where(use_grpo, grpo(r, group_ids, eps=eps), adv)
+    return torch.where(_group_const(r, inv, B), torch.zeros_like(r), adv)
 
 
 @register_advantage("pass_at_k")

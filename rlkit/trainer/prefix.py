@@ -110,6 +110,7 @@ class ForwardBatch:
 class ForwardOutput:
     logprobs: Tensor  # [N, T] fp32, 0 where completion_mask is False
     entropy: Tensor | None  # [N, T] fp32 (detached unless entropy_grad), 0 where masked
+    hidden: Tensor | None = None  # [N, T, H] final hidden state predicting each completion token (with_hidden)
 
 
 @dataclass
@@ -220,8 +221,11 @@ def logprobs_from_layout(
     chunk_size: int = 1024,
     with_entropy: bool = True,
     entropy_grad: bool = False,
+    with_hidden: bool = False,
 ) -> ForwardOutput:
-    """Decoder forward on `layout`, then chunked logprobs of the completion tokens [N, T]."""
+    """Decoder forward on `layout`, then chunked logprobs of the completion tokens [N, T].
+    `with_hidden` also returns the hidden states that predict them ([N, T, H], for statistics
+    such as Token Hidden Reward; the caller keeps them only as long as one micro-batch)."""
     mask = layout.attention_mask
     if mask.dtype == torch.bool and mask.dim() == 4 and _attn_implementation(model) == "eager":
         # transformers' eager attention *adds* the 4D mask to the scores, so a bool mask would
@@ -242,7 +246,7 @@ def logprobs_from_layout(
     lp = torch.where(layout.valid, lp, zero)
     if ent is not None:
         ent = torch.where(layout.valid, ent, zero)
-    return ForwardOutput(logprobs=lp, entropy=ent)
+    return ForwardOutput(logprobs=lp, entropy=ent, hidden=h if with_hidden else None)
 
 
 def plain_logprobs(
@@ -254,12 +258,13 @@ def plain_logprobs(
     pad_id: int = 0,
     with_entropy: bool = True,
     entropy_grad: bool = False,
+    with_hidden: bool = False,
 ) -> ForwardOutput:
     """Reference forward: one [prompt; completion] row per completion."""
     batch = batch.to(_model_device(model))
     return logprobs_from_layout(
         model, plain_layout(batch, pad_id), batch, temperature=temperature,
-        chunk_size=chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad,
+        chunk_size=chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad, with_hidden=with_hidden,
     )
 
 
@@ -272,6 +277,7 @@ def shared_prefix_logprobs(
     pad_id: int = 0,
     with_entropy: bool = True,
     entropy_grad: bool = False,
+    with_hidden: bool = False,
 ) -> ForwardOutput:
     """Prefix Grouper forward (arXiv 2506.05433): each prompt encoded once per micro-batch.
 
@@ -286,7 +292,7 @@ def shared_prefix_logprobs(
     batch = batch.to(_model_device(model))
     return logprobs_from_layout(
         model, shared_prefix_layout(batch, pad_id), batch, temperature=temperature,
-        chunk_size=chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad,
+        chunk_size=chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad, with_hidden=with_hidden,
     )
 
 

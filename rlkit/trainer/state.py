@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # heavy imports only for the annotations
     from torch import Tensor, nn
 
     from rlkit.algorithms.losses import PolicyLoss
+    from rlkit.algorithms.token_weights import TokenWeighter
     from rlkit.data import Problem, Sampler
     from rlkit.diagnostics.alarms import AlarmMonitor
     from rlkit.rollout.engine import RolloutEngine
@@ -48,6 +49,7 @@ class Components:
     monitor: AlarmMonitor                     # checkpointed
     forward: ForwardSettings
     sampling: SamplingConfig
+    token_weighter: TokenWeighter | None = None  # per-token loss weights (token_weights: thr), or none
 
 
 @dataclass

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from rlkit.algorithms.losses import LossInputs, LossOutput, PolicyLoss, masked_mean
 from rlkit.algorithms.regularizers import Regularizer
+from rlkit.algorithms.token_weights import TokenFeatures
 from rlkit.rollout.types import RolloutBatch
 from rlkit.trainer.distributed import max_across_ranks, sum_across_ranks
 from rlkit.trainer.prefix import ForwardBatch, compute_logprobs
@@ -168,8 +169,10 @@ class _Shares:
 
 
 def _forward(policy, model, ref_model, fb: ForwardBatch, batch: RolloutBatch, rows: Tensor, advantages: Tensor,
-             old_logprobs: Tensor | None, fs: ForwardSettings, *, entropy_grad: bool):
-    """Forward one micro-batch (and the reference model, if any) -> (ForwardOutput, LossInputs)."""
+             old_logprobs: Tensor | None, fs: ForwardSettings, *, entropy_grad: bool,
+             features: TokenFeatures | None = None):
+    """Forward one micro-batch (and the reference model, if any) -> (ForwardOutput, LossInputs).
+    Per-token features computed once per batch (`features`) are sliced to the micro-batch."""
     tt = fb.completion_ids.shape[1]
     with policy.autocast():
         out = compute_logprobs(model, fb, shared_prefix=fs.shared_prefix, temperature=fs.temperature,
@@ -182,14 +185,20 @@ def _forward(policy, model, ref_model, fb: ForwardBatch, batch: RolloutBatch, ro
                                       chunk_size=fs.chunk_size, pad_id=fs.pad_id, with_entropy=False).logprobs.float()
     adv = advantages[rows] if advantages.dim() == 1 else advantages[rows, :tt]
     dev = out.logprobs.device  # the model's; the rollout tensors live on the CPU
+
+    def rows_of(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[rows, :tt].to(dev)
+
     inputs = LossInputs(
         logprobs=out.logprobs.float(), mask=fb.completion_mask.to(dev), advantages=adv.to(dev),
-        old_logprobs=None if old_logprobs is None else old_logprobs[rows, :tt].to(dev),
-        engine_logprobs=batch.engine_logprobs[rows, :tt].to(dev),
+        old_logprobs=rows_of(old_logprobs),
+        engine_logprobs=rows_of(batch.engine_logprobs),
         ref_logprobs=None if ref_lp is None else ref_lp.to(dev),
         entropy=None if out.entropy is None else out.entropy.float(),
         rewards=None if batch.rewards is None else batch.rewards[rows].to(dev),
         group_ids=fb.group_ids.to(dev),
+        token_weights=rows_of(None if features is None else features.token_weights),
+        entropy_score=rows_of(None if features is None else features.entropy_score),
         gen_budget=fs.gen_budget,
     )
     return out, inputs
@@ -207,14 +216,19 @@ def policy_update(
     num_iterations: int,
     mini_batches: int,
     regularizers: Sequence[ScaledRegularizer] = (),
+    features: TokenFeatures | None = None,
 ) -> UpdateResult:
     """`num_iterations` passes x `mini_batches` optimizer steps over one rollout batch.
 
     What the loss needs is what it declares: `ref_model` must be given exactly when
-    `loss_fn.needs_ref_model`, the entropy carries a gradient when `loss_fn.needs_entropy_grad`.
+    `loss_fn.needs_ref_model`, the entropy carries a gradient when `loss_fn.needs_entropy_grad`,
+    `features.entropy_score` is there when `loss_fn.needs_entropy_score`. Token weights and
+    entropy scores in `features` ([N, T], from the token pass) reach the loss per micro-batch.
     """
     if loss_fn.needs_ref_model and ref_model is None:
         raise ValueError(f"{type(loss_fn).__name__} declares needs_ref_model; pass the reference model")
+    if loss_fn.needs_entropy_score and (features is None or features.entropy_score is None):
+        raise ValueError(f"{type(loss_fn).__name__} declares needs_entropy_score; pass features.entropy_score")
     n, t = batch.completion_ids.shape
     model = policy.unwrapped()
     accelerator = policy.accelerator
@@ -235,7 +249,7 @@ def policy_update(
             for k, rows in enumerate(micros):
                 fb = forward_batch(batch, rows)
                 out, inputs = _forward(policy, model, ref_model, fb, batch, rows, advantages, old_logprobs, fs,
-                                       entropy_grad=loss_fn.needs_entropy_grad)
+                                       entropy_grad=loss_fn.needs_entropy_grad, features=features)
                 padding = k >= real  # a padding micro-batch: gradient and metrics count zero
                 share = 0.0 if padding else shares.of(loss_fn.accumulate, fb.completion_mask)
                 result = loss_fn(inputs)

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlkit.assets import tiny_model_dir
 from rlkit.config import load_config
@@ -170,3 +171,82 @@ def test_resume_refuses_a_sampler_state_made_for_another_dataset(one_process):
             recipe.restore(cfg, c)
     finally:
         c.engine.close()
+
+
+def _record_loss_inputs(monkeypatch) -> list:
+    """Wrap the trainer's per-micro-batch forward; return the list its LossInputs land in."""
+    import rlkit.trainer.update as update
+
+    seen, forward = [], update._forward
+
+    def recording(*args, **kwargs):
+        out, inputs = forward(*args, **kwargs)
+        seen.append(inputs)
+        return out, inputs
+
+    monkeypatch.setattr(update, "_forward", recording)
+    return seen
+
+
+@pytest.mark.parametrize(("overrides", "keys", "field"), [
+    pytest.param(("token_weights={name: thr, params: {p: 0.5}}",), ("thr/pos_frac", "thr/weight_mean"),
+                 "token_weights", id="thr"),
+    pytest.param(("loss={name: hapo}", "advantage={name: hapo_tlga}"),
+                 ("hapo/clip_high_mean", "hapo/clip_low_mean", "hapo/redistributed_frac"), "entropy_score",
+                 id="hapo"),
+])
+def test_token_level_methods_fill_their_loss_inputs_from_one_token_pass(one_process, monkeypatch, overrides, keys,
+                                                                       field):
+    """THR's weights and HAPO's batch entropy scores come from the old-policy token pass, once
+    per step, and reach every micro-batch's LossInputs; its cost is logged as time/token_pass."""
+    import rlkit.trainer.token_pass as tp_module
+
+    calls, real = [], tp_module.token_pass
+    monkeypatch.setattr(tp_module, "token_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seen = _record_loss_inputs(monkeypatch)
+    recipe = _recipe()
+    cfg = _config(one_process, 'rewards=[{name: "toy_rewards:char_parity"}]', "trainer.micro_batch_tokens=64",
+                  *overrides)
+    c = recipe.setup(cfg)
+    try:
+        results = [recipe.train_step(cfg, c, step) for step in (1, 2)]
+    finally:
+        c.engine.close()
+    assert len(calls) == 2  # one pass per step, not one per micro-batch
+    assert len(seen) > 2  # several micro-batches per step (the budget is 64 tokens)
+    for inputs in seen:
+        value = getattr(inputs, field)
+        assert value is not None and value.shape == inputs.mask.shape
+        assert bool((value[~inputs.mask] == 0).all())  # 0 on padding
+    if field == "token_weights":  # 1 +- p on THR-signed tokens, 1 where no influence is defined
+        values = torch.cat([i.token_weights[i.mask] for i in seen])
+        assert set(values.unique().tolist()) <= {0.5, 1.0, 1.5}
+    else:  # the normalised entropy score spans [-1, 1] over the batch
+        values = torch.cat([i.entropy_score[i.mask] for i in seen])
+        assert float(values.min()) >= -1.0 and float(values.max()) <= 1.0
+    for res in results:
+        m = {k: float(v) for k, v in res.metrics.items()}
+        assert res.nonfinite_skips == 0 and m["time/token_pass"] > 0
+        for key in keys:
+            assert key in m, key
+
+
+def test_no_token_pass_when_nothing_needs_it(one_process, monkeypatch):
+    """The default config (one on-policy update, engine logprobs, no token weights) runs no
+    token pass, hands the loss no token weights or entropy scores, and logs no time for it."""
+    import rlkit.trainer.token_pass as tp_module
+
+    def fail(*a, **k):
+        raise AssertionError("token pass ran although nothing needs it")
+
+    monkeypatch.setattr(tp_module, "token_pass", fail)
+    seen = _record_loss_inputs(monkeypatch)
+    recipe = _recipe()
+    cfg = _config(one_process, 'rewards=[{name: "toy_rewards:char_parity"}]')
+    c = recipe.setup(cfg)
+    try:
+        result = recipe.train_step(cfg, c, 1)
+    finally:
+        c.engine.close()
+    assert seen and all(i.token_weights is None and i.entropy_score is None for i in seen)
+    assert "time/token_pass" not in result.metrics and not any(k.startswith("thr/") for k in result.metrics)

@@ -527,3 +527,36 @@ def test_unknown_answer_extractor_suggests_the_closest():
     cfg = config_from_dict(_cfg(advantage={"name": "copo",
                                            "answer_extractor": "rlkit.algorithms.answers:last_number_answer"}))
     assert cfg.advantage.answer_extractor.endswith(":last_number_answer")
+
+
+@pytest.mark.parametrize(("sections", "fragments"), [
+    pytest.param({"token_weights": {"name": "thr", "params": {"p": 1.0}}},
+                 ["token_weights.params", "p: must be in (-1, 1)", "flips the update"], id="thr-p-too-large"),
+    pytest.param({"token_weights": {"name": "thr", "params": {"mode": "most"}}},
+                 ["token_weights.params", "unknown THR mode 'most'", "reweight, only"], id="thr-mode"),
+    pytest.param({"token_weights": {"name": "thr", "params": {"q": 0.5}}},
+                 ["token_weights.params.q", "unknown parameter", "gate_beta"], id="thr-unknown-param"),
+    pytest.param({"token_weights": {"name": "tht"}}, ["token_weights.name", "'tht'", "did you mean 'thr'"],
+                 id="token-weights-typo"),
+    pytest.param({"token_weights": {"name": "thr"}, "rollout": {"group_size": 1},
+                  "advantage": {"name": "reinforce_pp"}},
+                 ["token_weights.name", "group_size is 1", ">= 2"], id="thr-needs-groups"),
+    pytest.param({"token_weights": {"name": "thr"}, "trainer": {"zero_stage": 3}},
+                 ["token_weights.name", "ZeRO-3"], id="thr-zero3"),
+    pytest.param({"loss": {"name": "hapo", "params": {"entropy_pivot": 1.0}}},
+                 ["loss.params", "entropy_pivot must be in (0, 1)"], id="hapo-pivot"),
+    pytest.param({"loss": {"name": "hapo", "params": {"entropy_stats": "step"}}},
+                 ["loss.params", "'batch' or 'micro_batch'"], id="hapo-stats"),
+    pytest.param({"advantage": {"name": "hapo_tlga", "params": {"fallback": 0}}},
+                 ["advantage.params", "fallback must be > 0"], id="tlga-fallback"),
+])
+def test_token_level_methods_refuse_bad_settings(sections, fragments):
+    msg = _error(_cfg(**sections))
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+
+
+def test_token_level_methods_validate():
+    cfg = config_from_dict(_cfg(token_weights={"name": "thr", "params": {"p": -0.5, "gate_beta": 1.0}},
+                                loss={"name": "hapo"}, advantage={"name": "hapo_tlga"}))
+    assert cfg.token_weights.params == {"p": -0.5, "gate_beta": 1.0} and cfg.loss.name == "hapo"
