@@ -234,14 +234,14 @@ def thr_token_weights(
     thr = adv * s  # [N, T]
     _, inv = torch.unique(group_ids, return_inverse=True)  # [N]
     num = int(inv.max()) + 1 if inv.numel() else 0
-    has_correct = torch.zeros(num, dtype=torch.bool).index_fill_(0, inv[correct.bool()], True)[inv]  # [N]
+    has_correct = torch.zeros(num, dtype=torch.bool, device=s.device).index_fill_(0, inv[correct.bool()], True)[inv]  # [N]
     valid = mask & has_correct[:, None]  # [N, T] tokens THR applies to
     if gate_beta is None:
         gated = valid
     else:
         row_mean = torch.where(mask, s, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)  # [N]
         cand = torch.where(correct.bool(), row_mean, torch.inf)
-        tau = torch.full((num,), torch.inf).scatter_reduce(0, inv, cand, "amin")  # [B]
+        tau = torch.full((num,), torch.inf, device=s.device).scatter_reduce(0, inv, cand, "amin")  # [B]
         gated = valid & (s.abs() > gate_beta * tau[inv][:, None])
     sign = torch.sign(thr)
     if mode == "reweight":
