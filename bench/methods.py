@@ -37,6 +37,12 @@ class Method:
     name: str
     overrides: tuple[str, ...]
     expect: str  # declared before running: what this method should move, relative to GRPO
+    watch: str = "diag/zero_adv_all_wrong_frac"  # the metric shown as "first 5 -> last 5 steps"
+
+
+# Recorded for every run (mean of the first 5 and of the last 5 steps), whichever it logs.
+TRAJECTORY_KEYS = ("reward/mean", "rollout/accuracy", "diag/zero_adv_all_wrong_frac", "policy/entropy", "kd/kl",
+                   "hpt/switched_frac", "relift/buffer", "sft/loss", "thr/pos_frac", "hapo/redistributed_frac")
 
 
 # Every method names its loss in full (`loss={name: ...}` resets `loss.params`), so the shipped
@@ -73,7 +79,21 @@ METHODS = (
            "exploration: final entropy above GRPO's and above thr_pos's; pass@4 >= thr_pos's"),
     Method("hapo", ("advantage={name: hapo_tlga}", "loss={name: hapo}"),
            "accuracy about DAPO's (within 5 points); final entropy >= DAPO's (on-policy, only the advantage "
-           "redistribution acts: low-entropy tokens' advantages are scaled down, so they are sharpened less)"),
+           "redistribution acts: low-entropy tokens' advantages are scaled down, so they are sharpened less)",
+           watch="hapo/redistributed_frac"),
+    # Distillation and SFT mixing (declared 2026-12-01, before their first run). The teacher is
+    # the recipe's own product: `--teacher` names a final_model/ trained by GRPO on this task
+    # (see BENCHMARKS.md for the command); every student starts from the base model.
+    Method("kdrl", (*GRPO, "model.teacher_model={teacher}",
+                    "regularizers=[{name: kdrl, coef: 0.005, coef_end: 0.001, schedule: linear}]"),
+           "held-out accuracy >= GRPO's; kd/kl falls over the run (the student moves toward a stronger "
+           "teacher); a small effect at the paper's beta 5e-3", watch="kd/kl"),
+    Method("hpt", (*GRPO, "mixing={name: hpt, params: {gamma: 0}}", "data.demo_field=demo"),
+           "the share of all-wrong prompts (hpt/switched_frac) falls faster than GRPO's all-wrong share, "
+           "held-out accuracy >= GRPO's (unsolved prompts are taught their answer)", watch="hpt/switched_frac"),
+    Method("relift", (*GRPO, "mixing={name: relift, params: {buffer_size: 8, lr: 2e-5}}", "data.demo_field=demo"),
+           "held-out accuracy >= GRPO's; all-wrong share falls faster than GRPO's (an SFT step on the 8 "
+           "hardest prompts whenever 8 are collected)"),
 )
 
 
@@ -89,7 +109,8 @@ def run_method(m: Method, a: argparse.Namespace, work: Path) -> dict:
     overrides = [
         f"run.output_dir={run_dir}", "run.resume=false", f"trainer.max_steps={a.steps}", f"trainer.seed={a.seed}",
         "trainer.checkpoint_every=0", "trainer.export_final=false", "eval.every=0",
-        f"eval.samples={a.samples}", "logging.progress=false", "logging.tensorboard=false", *m.overrides,
+        f"eval.samples={a.samples}", "logging.progress=false", "logging.tensorboard=false",
+        *(o.replace("{teacher}", str(a.teacher)) for o in m.overrides),
     ]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH),
            str(ROOT / "recipes/grpo_math.py"), "--config", str(CONFIG), *overrides]
@@ -111,6 +132,7 @@ def run_method(m: Method, a: argparse.Namespace, work: Path) -> dict:
         vals = [r[key] for r in rs if r.get(key) is not None]
         return round(sum(vals) / len(vals), 4) if vals else None
 
+    out["trajectory"] = trajectory(steps)
     out.update({
         "acc_before": evals[0]["eval/accuracy"], "acc_after": evals[-1]["eval/accuracy"],
         "pass1_after": evals[-1].get("eval/pass@1"), f"pass{a.samples}_after": evals[-1].get(f"eval/pass@{a.samples}"),
@@ -126,19 +148,34 @@ def run_method(m: Method, a: argparse.Namespace, work: Path) -> dict:
     return out
 
 
+def trajectory(steps: list[dict]) -> dict[str, list[float]]:
+    """[mean of the first 5 steps, mean of the last 5] of each TRAJECTORY_KEYS metric logged."""
+    out = {}
+    for key in TRAJECTORY_KEYS:
+        vals = [r[key] for r in steps if r.get(key) is not None]
+        if vals:
+            out[key] = [round(sum(vals[:5]) / len(vals[:5]), 4), round(sum(vals[-5:]) / len(vals[-5:]), 4)]
+    return out
+
+
 def table(results: list[dict], k: int) -> str:
     head = (f"| method | held-out acc. step 0 -> end | pass@1 / pass@{k} end | final entropy | "
-            f"zero-adv. groups | effective batch | s/step | wall min | expected (declared before the run) | held? |")
-    lines = [head, "|" + "---|" * 10]
+            f"zero-adv. groups | effective batch | watched: first 5 -> last 5 steps | s/step | wall min | "
+            f"expected (declared before the run) | held? |")
+    lines = [head, "|" + "---|" * 11]
+    watch = {m.name: m.watch for m in METHODS}
     for r in results:
         if r.get("returncode") != 0:
-            lines.append(f"| {r['method']} | failed | | | | | | | {r['expect']} | |")
+            lines.append(f"| {r['method']} | failed | | | | | | | | {r['expect']} | |")
             continue
         p1, pk = r.get("pass1_after"), r.get(f"pass{k}_after")
         passes = f"{p1:.3f} / {pk:.3f}" if p1 is not None and pk is not None else "n/a"
+        key = watch.get(r["method"], "")
+        seen = r.get("trajectory", {}).get(key)
+        watched = f"{key}: {seen[0]} -> {seen[1]}" if seen else "n/a"
         lines.append(f"| {r['method']} | {r['acc_before']:.3f} -> **{r['acc_after']:.3f}** | {passes} | "
                      f"{r['entropy_final']} | {r['zero_adv_mean']} | {r.get('effective_batch_mean')} | "
-                     f"{r['s_per_step']} | {r['wall_min']} | "
+                     f"{watched} | {r['s_per_step']} | {r['wall_min']} | "
                      f"{r['expect']} | {r.get('held', '(to judge)')} |")
     return "\n".join(lines)
 
@@ -153,6 +190,8 @@ def main() -> None:
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/rlkit_methods"))
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/methods.json")
     p.add_argument("--resume", action="store_true", help="keep successful results already in --out")
+    p.add_argument("--teacher", type=Path, default=Path("/tmp/rlkit_teacher/final_model"),
+                   help="model.teacher_model of the kdrl row: a final_model/ trained by the recipe on this task")
     a = p.parse_args()
     os.environ.setdefault("PYTHONHASHSEED", "0")
     wanted = a.methods.split(",")
@@ -167,7 +206,12 @@ def main() -> None:
     for m in METHODS:
         if m.name not in wanted:
             continue
-        results.append(done.get(m.name) or run_method(m, a, a.work_dir))
+        row = done.get(m.name)
+        log = a.work_dir / m.name / "metrics.jsonl"
+        if row is not None and "trajectory" not in row and log.exists():  # a row from before trajectories
+            row["trajectory"] = trajectory([r for r in map(json.loads, log.read_text().splitlines())
+                                            if "time/step" in r])
+        results.append(row or run_method(m, a, a.work_dir))
         payload = {"command": " ".join(sys.argv), "config": str(CONFIG.relative_to(ROOT)), "steps": a.steps,
                    "seed": a.seed, "eval_samples": a.samples, "machine": machine(), "results": results}
         a.out.write_text(json.dumps(payload, indent=1))  # after every method: a killed run keeps its rows

@@ -40,6 +40,7 @@ def setup(cfg: RecipeConfig) -> Components:
 
     import rewards as reward_registry
     from rlkit.algorithms.losses import build_loss
+    from rlkit.algorithms.mixing import build_mixer, check_demo_field
     from rlkit.algorithms.regularizers import build_regularizer
     from rlkit.algorithms.token_weights import build_token_weighter
     from rlkit.assets import resolve_model
@@ -49,7 +50,12 @@ def setup(cfg: RecipeConfig) -> Components:
     from rlkit.rollout.engine import build_engine
     from rlkit.rollout.types import SamplingConfig
     from rlkit.trainer.collect import RewardFunction
-    from rlkit.trainer.deepspeed import build_accelerator, build_policy, load_causal_lm
+    from rlkit.trainer.deepspeed import (
+        build_accelerator,
+        build_policy,
+        load_causal_lm,
+        load_teacher,
+    )
     from rlkit.trainer.update import ForwardSettings, ScaledRegularizer
 
     torch.manual_seed(cfg.trainer.seed)
@@ -69,6 +75,11 @@ def setup(cfg: RecipeConfig) -> Components:
         ref_model = load_causal_lm(resolve_model(cfg.model.ref_model or cfg.model.name_or_path), trainable=False)
         ref_model.to(accelerator.device)  # the policy's device (DeepSpeed moved the policy there)
 
+    teacher = None
+    if cfg.model.teacher_model is not None:  # only set when a distillation term uses it (config check)
+        teacher = load_teacher(resolve_model(cfg.model.teacher_model), policy.unwrapped(), model_path)
+        teacher.to(accelerator.device)
+
     r = cfg.rollout
     engine = build_engine(
         r.engine, model_path, dtype=resolve_dtype(r.dtype), seed=cfg.trainer.seed, chat_template=r.chat_template,
@@ -77,12 +88,16 @@ def setup(cfg: RecipeConfig) -> Components:
         distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None,
     )
     train_problems, eval_problems = load_problems(cfg.data)
+    if cfg.data.demo_field is not None:
+        check_demo_field(train_problems, cfg.data.demo_field)
     d = cfg.diagnostics
     return Components(
         run_dir=Path(cfg.run.output_dir), accelerator=accelerator, policy=policy, loss_fn=loss_fn,
         regularizers=regularizers, ref_model=ref_model, engine=engine,
         token_weighter=(build_token_weighter(cfg.token_weights.name, **cfg.token_weights.params)
                         if cfg.token_weights is not None else None),
+        teacher=teacher,
+        mixer=build_mixer(cfg.mixing.name, **cfg.mixing.params) if cfg.mixing is not None else None,
         train_problems=train_problems, eval_problems=eval_problems,
         sampler=build_sampler(cfg.data.sampler.name, cfg.data.sampler.params, num_items=len(train_problems),
                               seed=cfg.data.seed),
@@ -114,6 +129,12 @@ def restore(cfg: RecipeConfig, c: Components) -> int:
         raise ConfigError(f"cannot resume from {ckpt}: {exc}. Use another run.output_dir, or "
                           "run.resume: false to start over in this one") from None
     c.monitor.load_state_dict(state["alarms"])
+    if c.mixer is not None:
+        try:
+            c.mixer.load_state_dict(state.get("mixer", {}), [p.prompt for p in c.train_problems])
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume from {ckpt}: {exc}. Use another run.output_dir, or "
+                              "run.resume: false to start over in this one") from None
     sync_weights(c.engine, c.policy)  # the engine starts from the base model: bring it up to date
     return int(state["step"])
 
@@ -124,6 +145,8 @@ def restore(cfg: RecipeConfig, c: Components) -> int:
 def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     """Rollouts -> rewards -> advantages -> update -> weight sync -> metrics, for one step."""
 
+    from rlkit.algorithms.distill import scheduled_coef
+    from rlkit.algorithms.mixing import ReLIFT
     from rlkit.algorithms.token_weights import TokenFeatures, TokenWeightInputs
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
     from rlkit.rollout.weight_sync import trainer_weights_for_engine
@@ -142,8 +165,15 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         rank_shard,
         sum_across_ranks,
     )
+    from rlkit.trainer.sft import kd_row_weights, mix_step, relift_step
     from rlkit.trainer.token_pass import token_pass
-    from rlkit.trainer.update import policy_update, post_update_logprobs, sync_weights
+    from rlkit.trainer.update import (
+        ScaledRegularizer,
+        batch_logprobs,
+        policy_update,
+        post_update_logprobs,
+        sync_weights,
+    )
 
     r, t, acc = cfg.rollout, cfg.trainer, c.accelerator
     t_step = time.perf_counter()
@@ -171,7 +201,15 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, batch, scored.rewards,
                                     answer_extractor=cfg.advantage.answer_extractor)
 
-    # 3. The old-policy token pass, only when something needs it: the trainer's own old
+    # 3. Mixing (hpt / relift / paced): which groups the update keeps, which demonstrations
+    #    join its optimizer steps, how each group's distillation term is weighted.
+    full_batch, full_scored, mixed = batch, scored, None
+    if c.mixer is not None:
+        mixed = mix_step(c.mixer, step, batch, scored, advantages, got.problems, demo_field=cfg.data.demo_field,
+                         tokenizer=c.engine.tokenizer, max_tokens=cfg.sft.max_tokens, pad_id=c.engine.pad_id)
+        batch, scored, advantages = mixed.batch, mixed.scored, mixed.advantages
+
+    # 4. The old-policy token pass, only when something needs it: the trainer's own old
     #    logprobs when the batch is reused (several mini-batches or iterations; otherwise the
     #    engine's serve, or the first forward's), whole-batch entropy statistics (a loss that
     #    declares needs_entropy_score, HAPO), or a token-weight function (THR).
@@ -191,14 +229,36 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         if c.loss_fn.needs_entropy_score:
             features.entropy_score = c.loss_fn.batch_entropy_score(tp.entropy, batch.completion_mask)
         pass_metrics = {**features.metrics, "time/token_pass": tp.seconds}
+    #    The teacher's logprobs of the sampled tokens, once per batch, and each row's weight in
+    #    the distillation term (the term's own row mask x PACED's per-group weight).
+    if c.teacher is not None:
+        t_teacher = time.perf_counter()
+        features = features or TokenFeatures()
+        features.teacher_logprobs, _ = batch_logprobs(c.teacher, batch, c.forward, c.policy.autocast)
+        features.kd_weights = kd_row_weights(c.regularizers, scored.correct, batch,
+                                             None if mixed is None else mixed.kd_group_weights)
+        pass_metrics["time/teacher"] = time.perf_counter() - t_teacher
 
-    # 4. The update.
+    # 5. The update (regularizer coefficients at this step's point of their schedule), then
+    #    ReLIFT's separate SFT step when its buffer is full.
     t_train = time.perf_counter()
+    regularizers = tuple(ScaledRegularizer(scheduled_coef(s.coef, s.coef_end, s.schedule, step, t.max_steps), r.term)
+                         for s, r in zip(cfg.regularizers, c.regularizers, strict=True))
     update = policy_update(c.policy, c.loss_fn, batch, advantages, old_logprobs=old, ref_model=c.ref_model,
                            fs=c.forward, num_iterations=t.num_iterations, mini_batches=t.mini_batches,
-                           regularizers=c.regularizers, features=features)
+                           regularizers=regularizers, features=features,
+                           sft=None if mixed is None else mixed.sft, sft_coef=1.0 if mixed is None else mixed.sft_coef)
+    mix_metrics = {} if mixed is None else dict(mixed.metrics)
+    if isinstance(c.mixer, ReLIFT):
+        mix_metrics.update(relift_step(
+            c.mixer, step, c.policy, c.forward, indices=got.indices, mixed=mixed, problems=c.train_problems,
+            demo_field=cfg.data.demo_field, tokenizer=c.engine.tokenizer, chat_template=r.chat_template,
+            max_tokens=cfg.sft.max_tokens, pad_id=c.engine.pad_id))
+    for spec, reg in zip(cfg.regularizers, regularizers, strict=True):
+        if spec.schedule != "constant":
+            mix_metrics[f"reg/{spec.name}/coef"] = reg.coef
 
-    # 5. Weight sync, optionally read back (0.0 = the engine serves exactly the trainer's weights).
+    # 6. Weight sync, optionally read back (0.0 = the engine serves exactly the trainer's weights).
     t_sync = time.perf_counter()
     sync_weights(c.engine, c.policy)
     sync_diff = None
@@ -206,8 +266,9 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         sync_diff = c.engine.max_weight_diff(trainer_weights_for_engine(c.policy.unwrapped()))
     t_end = time.perf_counter()
 
-    # 6. Metrics: one key per quantity, tensors until the logger turns them into numbers.
-    metrics = {**rollout_metrics(batch, scored), **got.metrics, **update.metrics, **pass_metrics}
+    # 7. Metrics: one key per quantity, tensors until the logger turns them into numbers.
+    metrics = {**rollout_metrics(full_batch, full_scored), **got.metrics, **update.metrics, **pass_metrics,
+               **mix_metrics}
     if cfg.diagnostics.enabled:
         new_lp = None
         if cfg.diagnostics.post_update_logprobs:
@@ -221,7 +282,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         "time/generate": got.generate_seconds, "time/score": got.score_seconds,
         "time/advantage": t_pass - t_adv, "time/train": t_sync - t_train, "time/sync": t_end - t_sync,
         "time/step": time.perf_counter() - t_step,
-        "rollout/tokens_per_s": float(batch.completion_lengths.sum()) / max(got.generate_seconds, 1e-9),
+        "rollout/tokens_per_s": float(full_batch.completion_lengths.sum()) / max(got.generate_seconds, 1e-9),
     })
     if sync_diff is not None:
         metrics["train/sync_max_abs_diff"] = sync_diff
@@ -231,8 +292,8 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     metrics["train/nonfinite_skips"] = skips
     samples = []
     if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
-        samples = [Sample(got.problems[i // r.group_size].prompt, batch.completion_texts[i], float(scored.rewards[i]))
-                   for i in range(0, batch.num_rows, r.group_size)]
+        samples = [Sample(got.problems[i // r.group_size].prompt, full_batch.completion_texts[i],
+                          float(full_scored.rewards[i])) for i in range(0, full_batch.num_rows, r.group_size)]
     return StepResult(metrics=metrics, nonfinite_skips=skips, samples=samples, sync_max_abs_diff=sync_diff)
 
 
@@ -283,7 +344,8 @@ def train(cfg: RecipeConfig) -> Path:
         if stop_reason or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0) \
                 or step == cfg.trainer.max_steps:
             save_checkpoint(c.accelerator, c.run_dir, step,
-                            {"sampler": c.sampler.state_dict(), "alarms": c.monitor.state_dict()},
+                            {"sampler": c.sampler.state_dict(), "alarms": c.monitor.state_dict(),
+                             "mixer": c.mixer.state_dict() if c.mixer is not None else {}},
                             keep_last=cfg.trainer.keep_last)
         if stop_reason:
             log.error("stopping at step %d: %s; resumable checkpoint written", step, stop_reason)

@@ -58,7 +58,11 @@ class ModelConfig(_Section):
     ref_model: str | None = Field(
         None, description="Frozen reference model for KL (default: the initial policy). Loaded only when a KL term is on."
     )
-    teacher_model: str | None = Field(None, description="Frozen teacher for distillation terms; loaded only when used.")
+    teacher_model: str | None = Field(
+        None, description="Frozen teacher for distillation terms (a kdrl regularizer, PACED's reverse stage): "
+        "`smollm2-135m`, a local directory (e.g. another run's final_model/) or a hub id. Loaded like the "
+        "reference model (frozen, the policy's device); its vocabulary must be the policy's."
+    )
 
 
 class SamplerSpec(_Section):
@@ -100,6 +104,10 @@ class DataConfig(_Section):
         "a non-empty subset of '+', '-', '*'; the answer follows the usual precedence ('*' first)."
     )
     seed: int = Field(0, description="Seed of data generation and shuffling.")
+    demo_field: str | None = Field(
+        None, description="Column holding each problem's demonstration (reference completion), for mixing modes "
+        "that learn from demonstrations (hpt, relift, paced). The arithmetic task provides `demo` (the answer)."
+    )
     sampler: SamplerSpec = Field(
         default_factory=SamplerSpec, description="Which training problems each step rolls out (default: uniform)."
     )
@@ -189,7 +197,15 @@ class RegularizerSpec(_Section):
     name: str = Field(
         ..., description="A registered regularizer (rlkit.algorithms.regularizers), e.g. llds, or `pkg.mod:Class`."
     )
-    coef: float = Field(..., gt=0, description="Coefficient of the term added to the policy loss (LLDS paper: 0.2).")
+    coef: float = Field(..., gt=0, description="Coefficient of the term added to the policy loss (LLDS paper: 0.2; "
+                        "KDRL: 5e-3 annealed to 1e-3).")
+    coef_end: float | None = Field(
+        None, ge=0, description="The coefficient at trainer.max_steps when schedule is linear (KDRL: 1e-3)."
+    )
+    schedule: Literal["constant", "linear"] = Field(
+        "constant", description="How the coefficient moves over the run: constant, or linear from coef at step 1 "
+        "to coef_end at max_steps."
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Constructor keyword arguments of the regularizer (it is built at validation)."
     )
@@ -202,6 +218,23 @@ class TokenWeightsSpec(_Section):
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Constructor keyword arguments (thr: p, mode, gate_beta); built at validation."
+    )
+
+
+class MixingSpec(_Section):
+    name: str = Field(
+        ..., description="How demonstrations / a teacher join RL (rlkit/algorithms/mixing.py): hpt, relift or paced."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="hpt: gamma, sft_coef; relift: buffer_size, lr; paced: alpha, beta, "
+        "switch_step, sft_coef, normalise. Built at validation."
+    )
+
+
+class SFTConfig(_Section):
+    max_tokens: int = Field(
+        256, gt=0, description="Demonstration tokens kept per row (with EOS); longer ones are cut and counted "
+        "(`sft/truncated`)."
     )
 
 
@@ -333,6 +366,10 @@ class RecipeConfig(_Section):
     regularizers: list[RegularizerSpec] = Field(
         default_factory=list, description="Terms added to the policy loss, each with a coefficient (e.g. llds)."
     )
+    mixing: MixingSpec | None = Field(
+        None, description="Demonstrations and a teacher mixed into RL: hpt, relift or paced (docs/algorithms.md)."
+    )
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Demonstration rows (mixing modes).")
     token_weights: TokenWeightsSpec | None = Field(
         None, description="Per-token weights multiplying the policy loss (e.g. thr: Token Hidden Reward); null = none."
     )
@@ -409,10 +446,35 @@ class RecipeConfig(_Section):
                 raise ValueError(
                     f"token_weights.name: '{tw.name}' reads the output projection directly, which ZeRO-3 "
                     "partitions; use trainer.zero_stage 0-2 (not supported under ZeRO-3 yet)")
-        if self.model.teacher_model is not None:
-            raise ValueError("model.teacher_model: no distillation term uses a teacher yet (KDRL/PACED are "
-                             "planned); remove the field")
+        self._check_distillation()
         return self
+
+    def _check_distillation(self) -> None:
+        """Teacher, demonstrations and mixing modes agree with each other."""
+        from rlkit.algorithms.mixing import MIXERS, PACED
+        from rlkit.algorithms.regularizers import REGULARIZERS
+
+        for i, spec in enumerate(self.regularizers):
+            if spec.schedule == "linear" and spec.coef_end is None:
+                raise ValueError(f"regularizers.{i}.coef_end: schedule is linear; set the coefficient at max_steps")
+        kd = [(i, spec.name) for i, spec in enumerate(self.regularizers) if REGULARIZERS.get(spec.name).needs_teacher]
+        mixer = None
+        if self.mixing is not None:
+            _resolve(MIXERS, self.mixing.name, "mixing.name", "mixing modes")
+            mixer = _build(MIXERS, self.mixing.name, self.mixing.params, "mixing.params")
+            demos = mixer.uses_demos() if isinstance(mixer, PACED) else mixer.needs_demos
+            if demos and self.data.demo_field is None:
+                raise ValueError(f"mixing.name: '{self.mixing.name}' learns from demonstrations; set data.demo_field "
+                                 "(the column holding them; the arithmetic task has 'demo')")
+            if isinstance(mixer, PACED) and mixer.needs_teacher(self.trainer.max_steps) and not kd:
+                raise ValueError("mixing.params.switch_step: PACED's reverse stage weights a KL-to-teacher term; add "
+                                 "a kdrl regularizer (and model.teacher_model), or set switch_step > trainer.max_steps")
+        if kd and self.model.teacher_model is None:
+            i, name = kd[0]
+            raise ValueError(f"regularizers.{i} ({name}) is a KL to a teacher; set model.teacher_model")
+        if self.model.teacher_model is not None and not kd:
+            raise ValueError("model.teacher_model: set, but nothing uses a teacher; add a kdrl regularizer "
+                             "(regularizers: [{name: kdrl, coef: 0.005}]) or remove the field")
 
     @model_validator(mode="after")
     def _sampler_fits_batch(self) -> RecipeConfig:

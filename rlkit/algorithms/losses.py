@@ -403,7 +403,8 @@ class LossInputs:
     entropy [N, T], rewards [N], group_ids [N], token_weights [N, T] (multiplies the
     per-token policy loss; token-reweighting methods such as THR, rlkit/algorithms/token_weights.py),
     entropy_score [N, T] (HAPO's normalised old-policy entropy in [-1, 1], computed over the
-    whole batch by the token pass), hidden [N, T, D] (last hidden states),
+    whole batch by the token pass), kd_weights [N] (per-row weights of a distillation term,
+    e.g. KDRL's reward-guided mask times PACED's w), hidden [N, T, D] (last hidden states),
     gen_budget (the rollout's max new tokens: the constant normaliser of
     seq_mean_token_sum_norm when the loss sets no norm_len; the trainer always fills it).
     """
@@ -420,6 +421,7 @@ class LossInputs:
     group_ids: Tensor | None = None
     token_weights: Tensor | None = None
     entropy_score: Tensor | None = None
+    kd_weights: Tensor | None = None
     hidden: Tensor | None = None
     gen_budget: int | None = None
 
@@ -505,6 +507,8 @@ class PolicyLoss:
       tis_cap: truncated importance sampling cap C (None = off; verl's threshold is 2.0).
         Applied only when inputs.engine_logprobs is given.
       tis_mode: "truncate" (TIS) | "mask" (MIS), see `tis_weights`.
+      pg_coef: weight (>= 0) of the policy-gradient term; 0 trains only the other terms
+        (a distillation- or SFT-only run). `policy/pg_loss` is logged unweighted.
 
     What the trainer must provide is declared here and read by the trainer, never probed:
       needs_ref_model: a frozen reference model's logprobs (LossInputs.ref_logprobs); True
@@ -535,7 +539,10 @@ class PolicyLoss:
         entropy_coef: float = 0.0,
         tis_cap: float | None = None,
         tis_mode: str = "truncate",
+        pg_coef: float = 1.0,
     ) -> None:
+        if pg_coef < 0:
+            raise ValueError(f"pg_coef must be >= 0 (0 = no policy-gradient term), got {pg_coef}")
         if agg_mode not in AGG_MODES:
             raise ValueError(f"unknown agg_mode {agg_mode!r}; choose one of {', '.join(AGG_MODES)}")
         if kl_kind not in KL_KINDS:
@@ -555,6 +562,7 @@ class PolicyLoss:
         self.entropy_coef = entropy_coef
         self.tis_cap = tis_cap
         self.tis_mode = tis_mode
+        self.pg_coef = pg_coef
 
     @property
     def needs_ref_model(self) -> bool:
@@ -595,7 +603,7 @@ class PolicyLoss:
         if inputs.token_weights is not None:
             per_tok = per_tok * inputs.token_weights.detach()
         pg_loss = self.aggregate(per_tok, mask, gen_budget=budget)
-        loss = pg_loss
+        loss = pg_loss if self.pg_coef == 1.0 else self.pg_coef * pg_loss
         metrics["policy/pg_loss"] = pg_loss
         if self.kl_coef != 0 and inputs.ref_logprobs is None:
             raise ValueError(

@@ -17,10 +17,19 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from rlkit.algorithms.losses import LossInputs, LossOutput, Metrics, aggregate
+from rlkit.algorithms.distill import KD_MASKS, kdrl_row_mask
+from rlkit.algorithms.losses import (
+    KL_KINDS,
+    LossInputs,
+    LossOutput,
+    Metrics,
+    aggregate,
+    kl_penalty,
+    masked_mean,
+)
 from rlkit.registry import Registry
 
-__all__ = ["LLDS", "REGULARIZERS", "Regularizer", "available_regularizers", "build_regularizer", "get_regularizer_class",
+__all__ = ["KDRL", "LLDS", "REGULARIZERS", "Regularizer", "available_regularizers", "build_regularizer", "get_regularizer_class",
            "llds_penalty", "register_regularizer"]
 
 LLDS_GATES = ("action", "response")
@@ -80,11 +89,19 @@ class Regularizer:
       needs_trainer_old_logprobs: compares the policy with the trainer's own logprobs of the
         sampling policy (so the engine's cannot stand in, and one update is not enough).
       accumulate: "tokens" or "rows", how the term averages over the batch (see PolicyLoss).
+      needs_teacher: reads LossInputs.teacher_logprobs (a frozen teacher, `model.teacher_model`,
+        scored once per batch) and LossInputs.kd_weights, the per-row weights the trainer gets
+        once per batch from `row_weights(correct, group_ids)`.
     """
 
     name: str = ""
     needs_trainer_old_logprobs: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False
     accumulate: ClassVar[Literal["tokens", "rows"]] = "tokens"
+
+    def row_weights(self, correct: Tensor, group_ids: Tensor) -> Tensor | None:
+        """Per-row weights [N] for a term that declares needs_teacher (None: every row 1)."""
+        return None
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(inputs)")
@@ -138,3 +155,50 @@ class LLDS(Regularizer):
         loss = aggregate(penalty, inputs.mask, "token_mean")
         metrics["reg/llds/penalty"] = loss
         return LossOutput(loss=loss, metrics={k: v.detach() for k, v in metrics.items()})
+
+
+@register_regularizer("kdrl")
+class KDRL(Regularizer):
+    """KDRL (arXiv 2506.02208): a KL-to-teacher term on the student's own samples, added to GRPO.
+
+    Per token k(Δ_t), Δ_t = log π_θ(o_t) − log π_T(o_t) (`kl_penalty` estimators), times the
+    row's weight (`kdrl_row_mask`: none | incorrect | group, and PACED's w(p) in its reverse
+    stage), token-mean over the micro-batch's response tokens. What each estimator optimises,
+    used as a loss on samples of π_θ, per position with the context held fixed:
+      k1: gradient ∇log π_θ, zero in expectation (nothing);
+      k2: Δ ∇log π_θ, the gradient of the reverse KL(π_θ ‖ π_T) (KDRL's reported best; default);
+      k3: (1 − e^{−Δ}) ∇log π_θ, the gradient of the *forward* KL(π_T ‖ π_θ); its value is
+          clamped at 10 (`kl_penalty`, as verl), so where the teacher is about 11x likelier
+          than the student (Δ < −2.4) it gives no gradient.
+    The coefficient is the entry's `coef` (KDRL anneals 5e-3 -> 1e-3: `coef_end`, `schedule:
+    linear`). Metrics: kd/kl (token mean of the k3 estimate of KL(π_θ ‖ π_T), >= 0, over all
+    response tokens), kd/active_frac (share of rows with a non-zero weight).
+    """
+
+    needs_teacher = True
+
+    def __init__(self, *, kind: str = "k2", mask: str = "none", pass_gate: float = 0.5) -> None:
+        if kind not in KL_KINDS:
+            raise ValueError(f"kind: unknown KL estimator {kind!r}; choose one of {', '.join(KL_KINDS)}")
+        if mask not in KD_MASKS:
+            raise ValueError(f"mask: unknown KD mask {mask!r}; choose one of {', '.join(KD_MASKS)}")
+        if not 0.0 <= pass_gate <= 1.0:
+            raise ValueError(f"pass_gate: must be in [0, 1], got {pass_gate}")
+        self.kind, self.mask, self.pass_gate = kind, mask, pass_gate
+
+    def row_weights(self, correct: Tensor, group_ids: Tensor) -> Tensor:
+        return kdrl_row_mask(correct, group_ids, self.mask, pass_gate=self.pass_gate)
+
+    def __call__(self, inputs: LossInputs) -> LossOutput:
+        if inputs.teacher_logprobs is None:
+            raise ValueError("KDRL needs LossInputs.teacher_logprobs (set model.teacher_model)")
+        mask = inputs.mask
+        k = kl_penalty(inputs.logprobs, inputs.teacher_logprobs, self.kind)  # [N, T]
+        w = inputs.kd_weights
+        weighted = k if w is None else k * w.to(k.dtype)[:, None]
+        loss = aggregate(weighted, mask, "token_mean")
+        delta = (inputs.logprobs.detach() - inputs.teacher_logprobs).clamp(-20.0, 20.0)
+        kl = torch.exp(-delta) + delta - 1.0  # k3 without kl_penalty's clamp at 10: a faithful metric
+        active = torch.ones(mask.shape[0], device=mask.device) if w is None else (w > 0).float()
+        metrics = {"kd/kl": masked_mean(kl, mask), "kd/active_frac": active.mean(), "kd/loss": loss}
+        return LossOutput(loss=loss, metrics={k_: v.detach() for k_, v in metrics.items()})

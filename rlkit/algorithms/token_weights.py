@@ -277,10 +277,13 @@ class TokenWeightInputs:
 
 @dataclass
 class TokenFeatures:
-    """What the loss receives per token (each [N, T] or None), and their metrics."""
+    """What the loss and regularizers receive, computed once per batch ([N, T] or [N], or None),
+    sliced per micro-batch by the trainer, and their metrics."""
 
-    token_weights: Tensor | None = None
-    entropy_score: Tensor | None = None
+    token_weights: Tensor | None = None      # [N, T] multiplies the per-token policy loss (THR)
+    entropy_score: Tensor | None = None      # [N, T] HAPO's normalised old-policy entropy
+    teacher_logprobs: Tensor | None = None   # [N, T] a frozen teacher's logprobs (KDRL)
+    kd_weights: Tensor | None = None         # [N] per-row weights of a distillation term (KDRL mask x PACED)
     metrics: Metrics = field(default_factory=dict)
 
 

@@ -60,9 +60,11 @@ def arithmetic_problems(n: int, *, seed: int, lo: int = 0, hi: int = 9, num_term
         else:
             ops = [operations[0]] * (num_terms - 1)
         expression = " ".join([str(terms[0])] + [f"{op} {x}" for op, x in zip(ops, terms[1:], strict=True)])
-        out.append(Problem(prompt=EXPRESSION_TEMPLATE.format(expression=expression),
-                           answer=str(expression_value(terms, ops)),
-                           fields=dict(zip(OPERAND_NAMES, terms, strict=False))))
+        answer = str(expression_value(terms, ops))
+        # `demo`: the demonstration a mixing mode learns from (data.demo_field: demo), the bare
+        # answer, as the prompt asks for
+        out.append(Problem(prompt=EXPRESSION_TEMPLATE.format(expression=expression), answer=answer,
+                           fields={**dict(zip(OPERAND_NAMES, terms, strict=False)), "demo": answer}))
     return out
 
 

@@ -111,6 +111,7 @@ class Collected:
     problems: list[Problem]
     scored: ScoredRollouts
     drawn: list[int]                # indices of every prompt this rank drew (all rounds)
+    indices: list[int]              # problem index of each of the batch's groups (its `problems`)
     observed: list[tuple[int, int, int]]  # (problem index, correct rows, rows) of every group sampled
     generate_seconds: float         # wall time in the engine
     score_seconds: float            # wall time in the reward functions
@@ -140,7 +141,7 @@ def collect_rollouts(
     observed: list[tuple[int, int, int]] = []  # every sampled group, also those dynamic sampling drops
     seconds = {"generate": 0.0, "score": 0.0}
 
-    def sample(idx: list[int]) -> tuple[RolloutBatch, list[Problem], ScoredRollouts]:
+    def sample(idx: list[int]) -> tuple[RolloutBatch, list[int], ScoredRollouts]:
         drawn.extend(idx)
         chosen = [problems[i] for i in idx]
         t0 = time.perf_counter()
@@ -152,16 +153,17 @@ def collect_rollouts(
         g = batch.group_size
         wins = scored.correct.view(-1, g).sum(-1).tolist() if len(idx) else []  # [B] correct rows per group
         observed.extend((i, int(w), g) for i, w in zip(idx, wins, strict=True))
-        return batch, chosen, scored
+        return batch, list(idx), scored
 
     def done(batch, chosen, scored, metrics) -> Collected:
-        return Collected(batch, chosen, scored, drawn, observed, seconds["generate"], seconds["score"], metrics)
+        return Collected(batch, [problems[i] for i in chosen], scored, drawn, chosen, observed,
+                         seconds["generate"], seconds["score"], metrics)
 
     batch, chosen, scored = sample(draw())
     if not dynamic:
         return done(batch, chosen, scored, {})
     want, g = len(chosen), batch.group_size
-    kept: list[tuple[RolloutBatch, list[Problem], ScoredRollouts]] = []
+    kept: list[tuple[RolloutBatch, list[int], ScoredRollouts]] = []
     n_kept, rounds, generated = 0, 1, len(chosen)
     while True:
         keep = informative_groups(scored.rewards, g)[: want - n_kept]

@@ -130,6 +130,27 @@ def load_causal_lm(path: str, *, dtype: torch.dtype = torch.float32, trainable: 
     return model
 
 
+def load_teacher(path: str, policy: torch.nn.Module, policy_path: str):
+    """A frozen teacher, loaded like the reference model, after checking that it speaks the
+    policy's vocabulary: its logprobs are read at the student's sampled token ids, so both the
+    output size and the tokenizer must agree (the message names both sizes)."""
+    from transformers import AutoTokenizer
+
+    from rlkit.config import ConfigError
+
+    teacher = load_causal_lm(path, trainable=False)
+    t_size = teacher.get_output_embeddings().weight.shape[0]
+    p_size = unwrap_model(policy).get_output_embeddings().weight.shape[0]
+    t_vocab = AutoTokenizer.from_pretrained(path).get_vocab()
+    p_vocab = AutoTokenizer.from_pretrained(policy_path).get_vocab()
+    if t_size != p_size or t_vocab != p_vocab:
+        raise ConfigError(
+            f"model.teacher_model: the teacher's vocabulary ({t_size} output rows, {len(t_vocab)} tokenizer entries) "
+            f"differs from the policy's ({p_size} output rows, {len(p_vocab)} tokenizer entries); a teacher must "
+            "share the policy's tokenizer")
+    return teacher
+
+
 def apply_lora(model: torch.nn.Module, lcfg: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # heavy imports only for the annotations
     from torch import Tensor, nn
 
     from rlkit.algorithms.losses import PolicyLoss
+    from rlkit.algorithms.mixing import Mixer
     from rlkit.algorithms.token_weights import TokenWeighter
     from rlkit.data import Problem, Sampler
     from rlkit.diagnostics.alarms import AlarmMonitor
@@ -50,6 +51,8 @@ class Components:
     forward: ForwardSettings
     sampling: SamplingConfig
     token_weighter: TokenWeighter | None = None  # per-token loss weights (token_weights: thr), or none
+    teacher: nn.Module | None = None             # frozen teacher (model.teacher_model), for distillation terms
+    mixer: Mixer | None = None                   # hpt / relift / paced (mixing:), checkpointed
 
 
 @dataclass

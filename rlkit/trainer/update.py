@@ -28,6 +28,7 @@ from rlkit.algorithms.token_weights import TokenFeatures
 from rlkit.rollout.types import RolloutBatch
 from rlkit.trainer.distributed import max_across_ranks, sum_across_ranks
 from rlkit.trainer.prefix import ForwardBatch, compute_logprobs
+from rlkit.trainer.sft import SFTBatch, sft_micro_batches, sft_micro_loss
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,8 @@ def _forward(policy, model, ref_model, fb: ForwardBatch, batch: RolloutBatch, ro
         group_ids=fb.group_ids.to(dev),
         token_weights=rows_of(None if features is None else features.token_weights),
         entropy_score=rows_of(None if features is None else features.entropy_score),
+        teacher_logprobs=rows_of(None if features is None else features.teacher_logprobs),
+        kd_weights=None if features is None or features.kd_weights is None else features.kd_weights[rows].to(dev),
         gen_budget=fs.gen_budget,
     )
     return out, inputs
@@ -217,6 +220,8 @@ def policy_update(
     mini_batches: int,
     regularizers: Sequence[ScaledRegularizer] = (),
     features: TokenFeatures | None = None,
+    sft: SFTBatch | None = None,
+    sft_coef: float = 1.0,
 ) -> UpdateResult:
     """`num_iterations` passes x `mini_batches` optimizer steps over one rollout batch.
 
@@ -224,6 +229,9 @@ def policy_update(
     `loss_fn.needs_ref_model`, the entropy carries a gradient when `loss_fn.needs_entropy_grad`,
     `features.entropy_score` is there when `loss_fn.needs_entropy_score`. Token weights and
     entropy scores in `features` ([N, T], from the token pass) reach the loss per micro-batch.
+    Demonstrations in `sft` (HPT, PACED) join the same optimizer steps: each mini-batch takes
+    its share of the SFT rows, whose token-mean NLL (over all ranks) is added with `sft_coef`.
+    When given, `sft` must be given on every rank (possibly with zero rows).
     """
     if loss_fn.needs_ref_model and ref_model is None:
         raise ValueError(f"{type(loss_fn).__name__} declares needs_ref_model; pass the reference model")
@@ -236,21 +244,41 @@ def policy_update(
     first_lp, first_ent, seen = torch.zeros(n, t), torch.zeros(n, t), torch.zeros(n, dtype=torch.bool)
     sums: dict[str, Tensor] = {}  # on the model's device: no host sync per micro-batch
     weight_total, skips, steps = 0.0, 0, 0
+    sft_parts = list(torch.arange(sft.num_rows).tensor_split(mini_batches)) if sft is not None else None
+    sft_nll_sum, sft_tokens_seen = 0.0, 0.0
     for _ in range(num_iterations):
-        for mini in split_rows(batch, mini_batches):
+        for j, mini in enumerate(split_rows(batch, mini_batches)):
             steps += 1
             micros = micro_batches(mini, batch, fs.micro_batch_tokens, shared_prefix=fs.shared_prefix)
+            sft_micros = [] if sft_parts is None or not len(sft_parts[j]) else \
+                sft_micro_batches(sft, sft_parts[j], fs.micro_batch_tokens)
             # ZeRO reduces gradients inside every backward, so all ranks must run as many
             # micro-batches; a rank with fewer (shorter rows) adds zero-weighted repeats.
-            real = len(micros)
-            micros += [torch.tensor([0])] * (max_across_ranks(accelerator, real) - real)
+            real = len(micros) + len(sft_micros)
+            plan = ([("rl", r) for r in micros] + [("sft", r) for r in sft_micros]
+                    + [("pad", torch.tensor([0]))] * (max_across_ranks(accelerator, real) - real))
             shares = _Shares(tokens=sum_across_ranks(accelerator, float(batch.completion_mask[mini].sum())),
                              rows=sum_across_ranks(accelerator, float(len(mini))), world=world)
-            for k, rows in enumerate(micros):
+            sft_tokens = (sum_across_ranks(accelerator, float(sft.mask[sft_parts[j]].sum()))
+                          if sft_parts is not None else 0.0)
+            for k, (kind, rows) in enumerate(plan):
+                boundary = k == len(plan) - 1
+                if kind == "sft":  # a demonstration micro-batch: token-mean NLL over the mini-batch's SFT tokens
+                    nll, ntok = sft_micro_loss(model, sft, rows, fs, policy.autocast)
+                    loss = nll * (sft_coef * world / max(sft_tokens, 1.0))
+                    sft_nll_sum += float(nll.detach())
+                    sft_tokens_seen += float(ntok)
+                    if not torch.isfinite(loss):
+                        skips += 1
+                        log.warning("non-finite SFT loss (rows %s); skipping its gradient", rows.tolist()[:8])
+                        loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+                    policy.backward(loss, boundary=boundary)
+                    sums["train/loss"] = sums.get("train/loss", 0.0) + loss.detach().float()
+                    continue
                 fb = forward_batch(batch, rows)
                 out, inputs = _forward(policy, model, ref_model, fb, batch, rows, advantages, old_logprobs, fs,
                                        entropy_grad=loss_fn.needs_entropy_grad, features=features)
-                padding = k >= real  # a padding micro-batch: gradient and metrics count zero
+                padding = kind == "pad"  # a padding micro-batch: gradient and metrics count zero
                 share = 0.0 if padding else shares.of(loss_fn.accumulate, fb.completion_mask)
                 result = loss_fn(inputs)
                 loss = result.loss * share
@@ -264,7 +292,7 @@ def policy_update(
                     skips += 1
                     log.warning("non-finite loss in a micro-batch (rows %s); skipping its gradient", rows.tolist()[:8])
                     loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-                policy.backward(loss, boundary=k == len(micros) - 1)
+                policy.backward(loss, boundary=boundary)
                 new = ~seen[rows]
                 if new.any() and not padding:
                     idx = rows[new]
@@ -278,6 +306,11 @@ def policy_update(
     out_metrics = {k: (v / (steps if k == "train/loss" else max(weight_total, 1e-12))).cpu()
                    for k, v in sums.items()}
     out_metrics["policy/entropy"] = masked_mean(first_ent, batch.completion_mask)
+    if sft is not None:
+        tokens = sum_across_ranks(accelerator, sft_tokens_seen)
+        out_metrics["sft/loss"] = torch.tensor(sum_across_ranks(accelerator, sft_nll_sum) / max(tokens, 1.0))
+        out_metrics["sft/rows"] = torch.tensor(sum_across_ranks(accelerator, float(sft.num_rows)))
+        out_metrics["sft/truncated"] = torch.tensor(sum_across_ranks(accelerator, float(sft.truncated)))
     return UpdateResult(out_metrics, first_lp, first_ent, skips)
 
 

@@ -76,7 +76,16 @@ VADE_AND_SAMPLED_EVAL = ("data.sampler={name: vade}", "data.num_train=16", "eval
                          "eval.every=2", "eval.samples=2", "data.num_eval=4", "eval.max_new_tokens=4")
 
 
-@pytest.mark.parametrize("extra", [(), VADE_AND_SAMPLED_EVAL], ids=["uniform", "vade_sampled_eval"])
+# ReLIFT with every group wrong: 2 hard prompts a step into a buffer of 3, so the checkpoint at
+# step 2 holds one buffered prompt, and steps 2 and 3 each run a separate SFT step.
+RELIFT = ('rewards=[{name: "toy_rewards:zero"}]', "mixing={name: relift, params: {buffer_size: 3, lr: 0.01}}",
+          "data.demo_field=demo")
+# HPT with gamma 2 of 4: some groups switch to their demonstration in the RL step.
+HPT = ("mixing={name: hpt, params: {gamma: 2}}", "data.demo_field=demo")
+
+
+@pytest.mark.parametrize("extra", [(), VADE_AND_SAMPLED_EVAL, RELIFT, HPT],
+                         ids=["uniform", "vade_sampled_eval", "relift", "hpt"])
 def test_resume_is_exact(tmp_path, extra):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _launch(straight, "trainer.max_steps=4", "trainer.checkpoint_every=2", *extra)
@@ -94,7 +103,14 @@ def test_resume_is_exact(tmp_path, extra):
     state_a = json.loads((straight / "checkpoints/step-000004/trainer_state.json").read_text())
     state_b = json.loads((resumed / "checkpoints/step-000004/trainer_state.json").read_text())
     assert state_a["sampler"] == state_b["sampler"]  # VADE's posteriors too, to the last bit
-    if extra:
+    assert state_a["mixer"] == state_b["mixer"]  # ReLIFT's buffer survives the resume
+    if extra is RELIFT:
+        assert [len(state_a["mixer"]["buffer"]["items"]), len(state_b["mixer"]["buffer"]["items"])] == [2, 2]
+        steps = {r["step"]: r["relift/sft_step"] for r in _metrics(resumed)}
+        assert steps == {1: 0.0, 2: 1.0, 3: 1.0, 4: 0.0}
+    if extra is HPT:
+        assert sum(r["hpt/switched_frac"] for r in _metrics(straight)) > 0
+    if extra is VADE_AND_SAMPLED_EVAL:
         assert state_a["sampler"]["name"] == "vade"
         ea = {r["step"]: r for r in _metrics(straight) if "eval/pass@2" in r}
         eb = {r["step"]: r for r in _metrics(resumed) if "eval/pass@2" in r}

@@ -250,3 +250,96 @@ def test_no_token_pass_when_nothing_needs_it(one_process, monkeypatch):
         c.engine.close()
     assert seen and all(i.token_weights is None and i.entropy_score is None for i in seen)
     assert "time/token_pass" not in result.metrics and not any(k.startswith("thr/") for k in result.metrics)
+
+
+def _perturbed_copy(src: Path, dst: Path, scale: float) -> Path:
+    """The tiny model with noise added to every weight, saved with the same tokenizer."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(src, dst)
+    model = AutoModelForCausalLM.from_pretrained(dst)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(dst)
+    return dst
+
+
+@pytest.mark.parametrize("perturb", [0.0, 0.5], ids=["self", "perturbed"])
+def test_kdrl_teacher_kl_is_zero_for_the_model_itself_and_positive_for_another(one_process, perturb):
+    """KDRL with the tiny model as its own teacher: kd/kl is 0 (same weights, fp32); a perturbed
+    copy as teacher: kd/kl > 0. The teacher is loaded once, frozen; its logprobs are scored
+    once per step (time/teacher); the coefficient follows its linear schedule."""
+    teacher = tiny_model_dir() if perturb == 0 else _perturbed_copy(tiny_model_dir(), one_process / "t", perturb)
+    recipe = _recipe()
+    cfg = _config(one_process, 'rewards=[{name: "toy_rewards:char_parity"}]', "model.dtype=float32",
+                  f"model.teacher_model={teacher}", "trainer.max_steps=2",
+                  "regularizers=[{name: kdrl, coef: 0.5, coef_end: 0.1, schedule: linear}]")
+    c = recipe.setup(cfg)
+    try:
+        assert c.teacher is not None and not any(p.requires_grad for p in c.teacher.parameters())
+        results = [recipe.train_step(cfg, c, step) for step in (1, 2)]
+    finally:
+        c.engine.close()
+    m1, m2 = ({k: float(v) for k, v in r.metrics.items()} for r in results)
+    assert m1["reg/kdrl/coef"] == pytest.approx(0.5) and m2["reg/kdrl/coef"] == pytest.approx(0.1)
+    assert m1["kd/active_frac"] == 1.0 and m1["time/teacher"] > 0
+    if perturb == 0:
+        assert abs(m1["kd/kl"]) < 1e-5  # the student's first step: teacher == student
+    else:
+        assert m1["kd/kl"] > 1e-3 and m2["kd/kl"] > 1e-3
+
+
+def test_a_teacher_with_another_vocabulary_is_refused(one_process):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.config import ConfigError
+
+    other = one_process / "other"
+    import shutil
+
+    shutil.copytree(tiny_model_dir(), other)
+    model = AutoModelForCausalLM.from_pretrained(other)
+    model.resize_token_embeddings(model.get_input_embeddings().weight.shape[0] + 8)
+    model.save_pretrained(other)
+    recipe = _recipe()
+    cfg = _config(one_process, f"model.teacher_model={other}", "regularizers=[{name: kdrl, coef: 0.01}]")
+    with pytest.raises(ConfigError, match=r"teacher's vocabulary \(\d+ output rows.*differs from the policy's \(\d+"):
+        recipe.setup(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "check"), [
+    pytest.param(('rewards=[{name: "toy_rewards:zero"}]', "mixing={name: hpt, params: {gamma: 0}}"), "hpt_all",
+                 id="hpt-all-switched"),
+    pytest.param(('rewards=[{name: "toy_rewards:zero"}]', "mixing={name: relift, params: {buffer_size: 2}}"),
+                 "relift", id="relift"),
+    pytest.param(('rewards=[{name: "toy_rewards:char_parity"}]', f"model.teacher_model={tiny_model_dir()}",
+                  "regularizers=[{name: kdrl, coef: 0.01}]",
+                  "mixing={name: paced, params: {switch_step: 2}}"), "paced", id="paced"),
+])
+def test_mixing_modes_train_two_steps(one_process, overrides, check):
+    """HPT with every group wrong: every prompt switches to its demonstration (no policy
+    gradient, only SFT rows); ReLIFT: two hard prompts fill a buffer of 2 and trigger one SFT
+    step; PACED: the forward stage (demonstrations) at step 1, the reverse stage (teacher) at 2."""
+    recipe = _recipe()
+    cfg = _config(one_process, "data.demo_field=demo", *overrides)
+    c = recipe.setup(cfg)
+    try:
+        results = [recipe.train_step(cfg, c, step) for step in (1, 2)]
+    finally:
+        c.engine.close()
+    m1, m2 = ({k: float(v) for k, v in r.metrics.items()} for r in results)
+    for m in (m1, m2):
+        assert m["train/nonfinite_skips"] == 0
+    if check == "hpt_all":
+        assert m1["hpt/switched_frac"] == 1.0 and m1["sft/rows"] == 2 and m1["sft/loss"] > 0
+        assert m1["policy/pg_loss"] == 0.0 and m1["train/grad_norm"] > 0  # only the demonstrations move it
+    elif check == "relift":
+        assert m1["relift/sft_step"] == 1.0 and m1["sft/rows"] == 2 and m1["relift/buffer"] == 0
+        assert m1["train/lr"] == pytest.approx(1e-3)  # the RL schedule is where it was
+    else:
+        assert m1["paced/reverse"] == 0.0 and "sft/rows" in m1 and "kd/kl" in m1
+        assert m2["paced/reverse"] == 1.0 and "sft/rows" not in m2

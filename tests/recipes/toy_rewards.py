@@ -12,3 +12,8 @@ def char_parity(prompts, completions, **_):
 def constant(prompts, completions, **_):
     """Every row scores 1: every group is saturated, every advantage 0, so no gradient."""
     return [1.0] * len(completions)
+
+
+def zero(prompts, completions, **_):
+    """Every row scores 0: every group all wrong (zero advantages; every prompt is 'hard')."""
+    return [0.0] * len(completions)

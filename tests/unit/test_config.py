@@ -560,3 +560,45 @@ def test_token_level_methods_validate():
     cfg = config_from_dict(_cfg(token_weights={"name": "thr", "params": {"p": -0.5, "gate_beta": 1.0}},
                                 loss={"name": "hapo"}, advantage={"name": "hapo_tlga"}))
     assert cfg.token_weights.params == {"p": -0.5, "gate_beta": 1.0} and cfg.loss.name == "hapo"
+
+
+@pytest.mark.parametrize(("sections", "fragments"), [
+    pytest.param({"regularizers": [{"name": "kdrl", "coef": 0.005}]},
+                 ["regularizers.0 (kdrl)", "set model.teacher_model"], id="kdrl-without-teacher"),
+    pytest.param({"model": {"name_or_path": "smollm2-135m", "teacher_model": "smollm2-135m"}},
+                 ["model.teacher_model", "nothing uses a teacher", "kdrl"], id="teacher-unused"),
+    pytest.param({"mixing": {"name": "hpt"}}, ["mixing.name", "'hpt' learns from demonstrations", "data.demo_field"],
+                 id="hpt-without-demos"),
+    pytest.param({"mixing": {"name": "relift"}}, ["mixing.name", "data.demo_field"], id="relift-without-demos"),
+    pytest.param({"mixing": {"name": "paced", "params": {"switch_step": 5}}, "data": {"demo_field": "demo"}},
+                 ["mixing.params.switch_step", "reverse stage", "kdrl"], id="paced-reverse-without-kdrl"),
+    pytest.param({"mixing": {"name": "hbt"}}, ["mixing.name", "'hbt'", "did you mean 'hpt'"], id="mixing-typo"),
+    pytest.param({"mixing": {"name": "hpt", "params": {"gamma": -1}}, "data": {"demo_field": "demo"}},
+                 ["mixing.params", "gamma: must be >= 0"], id="hpt-gamma"),
+    pytest.param({"mixing": {"name": "relift", "params": {"buffer_sz": 4}}, "data": {"demo_field": "demo"}},
+                 ["mixing.params.buffer_sz", "did you mean 'buffer_size'"], id="relift-param-typo"),
+    pytest.param({"regularizers": [{"name": "llds", "coef": 0.2, "schedule": "linear"}],
+                  "trainer": {"mini_batches": 2, "use_engine_logprobs": False}},
+                 ["regularizers.0.coef_end", "schedule is linear"], id="linear-without-end"),
+    pytest.param({"regularizers": [{"name": "kdrl", "coef": 0.01, "params": {"kind": "k4"}}],
+                  "model": {"name_or_path": "smollm2-135m", "teacher_model": "smollm2-135m"}},
+                 ["regularizers.0.params", "unknown KL estimator 'k4'"], id="kdrl-kind"),
+    pytest.param({"loss": {"name": "grpo", "params": {"pg_coef": -1}}}, ["loss.params", "pg_coef must be >= 0"],
+                 id="pg-coef"),
+])
+def test_distillation_settings_are_checked(sections, fragments):
+    msg = _error(_cfg(**sections))
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+
+
+def test_distillation_configs_validate():
+    cfg = config_from_dict(_cfg(
+        model={"name_or_path": "smollm2-135m", "teacher_model": "smollm2-135m"},
+        regularizers=[{"name": "kdrl", "coef": 0.005, "coef_end": 0.001, "schedule": "linear",
+                       "params": {"kind": "k2", "mask": "incorrect"}}],
+        mixing={"name": "paced", "params": {"switch_step": 10}}, data={"demo_field": "demo"},
+        loss={"name": "grpo", "params": {"pg_coef": 0.0}}))
+    assert cfg.mixing.name == "paced" and cfg.regularizers[0].coef_end == 0.001
+    # PACED forward-only (switch_step past the run) needs no teacher
+    config_from_dict(_cfg(mixing={"name": "paced", "params": {"switch_step": 1000}}, data={"demo_field": "demo"}))

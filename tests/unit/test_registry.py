@@ -113,7 +113,7 @@ def test_unknown_name_without_a_close_one_lists_all():
     with pytest.raises(UnknownNameError) as info:
         get_loss_class("ppo")
     assert str(info.value) == (
-        "unknown loss 'ppo'. Registered: cispo, dapo, dr_grpo, grpo, gspo, reinforce; "
+        "unknown loss 'ppo'. Registered: cispo, dapo, dr_grpo, grpo, gspo, hapo, reinforce; "
         "or give an import path 'pkg.module:ClassName'"
     )
     with pytest.raises(UnknownNameError, match="unknown engine kind 'sglang'"):
@@ -127,7 +127,7 @@ def test_unknown_name_error_is_one_class_reexported():
 def test_names_are_sorted_and_set_on_the_entries():
     assert available_losses() == LOSSES.names() == sorted(LOSSES.names())
     assert "grpo" in ADVANTAGES and "ppo" not in LOSSES
-    assert list(REGULARIZERS) == available_regularizers() == ["llds"]
+    assert list(REGULARIZERS) == available_regularizers() == ["kdrl", "llds"]
     assert "overlong_penalty" in available_rewards()
     assert ENGINES.names() == ["hf", "vllm"]
     assert get_advantage("grpo").estimator_name == "grpo"

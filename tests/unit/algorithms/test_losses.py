@@ -476,7 +476,7 @@ def test_padding_values_change_nothing_in_policy_loss(cls):
 
 
 def test_registry_names_and_paths():
-    assert available_losses() == sorted(["grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce"])
+    assert available_losses() == sorted(["grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce", "hapo"])
     assert get_loss_class("dapo") is DAPOLoss
     assert get_loss_class("rlkit.algorithms.losses:GSPOLoss") is GSPOLoss
     assert isinstance(build_loss("grpo", clip_high=0.3, kl_coef=0.01), GRPOLoss)

@@ -68,7 +68,7 @@ def test_token_level_advantages_preserve_only_non_negative_tokens():
 
 
 def test_registry_errors_name_the_choices():
-    with pytest.raises(Exception, match="unknown regularizer 'lld'; did you mean 'llds'\\? Registered: llds"):
+    with pytest.raises(Exception, match="unknown regularizer 'lld'; did you mean 'llds'\\? Registered: kdrl, llds"):
         build_regularizer("lld")
     with pytest.raises(TypeError, match="params.gat: unknown parameter of regularizer 'llds' \\(LLDS\\); did you mean 'gate'\\? Accepted: gate"):
         build_regularizer("llds", gat="action")

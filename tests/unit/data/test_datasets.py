@@ -200,7 +200,7 @@ def test_default_config_problems_are_unchanged():
     assert [(p.fields["a"], p.fields["b"]) for p in evals] == DEFAULT_FIRST_EVAL
     for p in train + evals:
         a, b = p.fields["a"], p.fields["b"]
-        assert p == Problem(ARITHMETIC_TEMPLATE.format(a=a, b=b), str(a + b), {"a": a, "b": b})
+        assert p == Problem(ARITHMETIC_TEMPLATE.format(a=a, b=b), str(a + b), {"a": a, "b": b, "demo": str(a + b)})
 
 
 @pytest.mark.parametrize(
@@ -227,8 +227,8 @@ def test_harder_arithmetic_prompts_and_answers():
         assert m, p.prompt
         a, op1, b, op2, c = m.groups()
         seen_ops |= {op1, op2}
-        assert p.fields == {"a": int(a), "b": int(b), "c": int(c)}
-        assert all(1 <= v <= 12 for v in p.fields.values())
+        assert p.fields == {"a": int(a), "b": int(b), "c": int(c), "demo": p.answer}  # demo: the answer
+        assert all(1 <= p.fields[k] <= 12 for k in "abc")
         assert p.answer == str(eval(f"{a} {op1} {b} {op2} {c}"))  # Python's own precedence as reference
     assert seen_ops == {"+", "-", "*"}
     assert any(int(p.answer) < 0 for p in problems)  # '-' can go below zero
@@ -238,7 +238,7 @@ def test_one_operation_is_never_drawn():
     # a single operation draws no operator, so operands are the default stream's
     products = arithmetic_problems(20, seed=3, operations=["*"])
     sums = arithmetic_problems(20, seed=3)
-    assert [p.fields for p in products] == [p.fields for p in sums]
+    assert [(p.fields["a"], p.fields["b"]) for p in products] == [(p.fields["a"], p.fields["b"]) for p in sums]
     assert products[0].prompt == f"What is {products[0].fields['a']} * {products[0].fields['b']}? Answer with only the number."
 
 

@@ -139,7 +139,8 @@ def test_regularizer_terms_are_added_with_their_coefficient():
 ADV = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 1.0])
 
 
-def _update_delta(loss, budget: int, *, ref: bool, old: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _update_delta(loss, budget: int, *, ref: bool, old: torch.Tensor | None,
+                  features=None) -> dict[str, torch.Tensor]:
     """Parameter change of one SGD step (lr 1) on `tiny_batch` with micro-batches of `budget` tokens."""
     model = tiny_llama()
     before = copy.deepcopy(model.state_dict())
@@ -151,7 +152,7 @@ def _update_delta(loss, budget: int, *, ref: bool, old: torch.Tensor | None) -> 
             p.data.add_(0.02 * torch.randn_like(p))
         ref_model.requires_grad_(False)
     policy_update(sgd_policy(model), loss, tiny_batch(), ADV, old_logprobs=old, ref_model=ref_model,
-                  fs=settings(budget), num_iterations=1, mini_batches=1)
+                  fs=settings(budget), num_iterations=1, mini_batches=1, features=features)
     return {k: model.state_dict()[k] - before[k] for k in before}
 
 
@@ -171,23 +172,30 @@ def _assert_same(a: dict, b: dict, what: str) -> None:
 
 @pytest.mark.parametrize("agg_mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
                                       "seq_mean_token_sum_norm"])
-@pytest.mark.parametrize("name", ["grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce"])
+@pytest.mark.parametrize("name", ["grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce", "hapo"])
 def test_every_loss_and_aggregation_is_split_invariant_with_kl_and_entropy(name, agg_mode):
     """The update of one rollout batch is the same from one micro-batch and from micro-batches
     of one row or less (budget 8 tokens), with the KL-to-reference and entropy terms on.
 
     seq_mean_token_sum_norm used to divide each micro-batch by its own padded length (94% of
-    the update's norm differed); it now divides by the generation budget (`gen_budget`)."""
+    the update's norm differed); it now divides by the generation budget (`gen_budget`).
+    HAPO takes its entropy scores from the whole batch (entropy_stats: batch, the default),
+    computed once and sliced per micro-batch, which is what keeps it split-invariant."""
     from rlkit.algorithms.losses import AGG_MODES, available_losses
+    from rlkit.algorithms.token_weights import TokenFeatures
 
-    assert set(available_losses()) == {"grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce"}, \
+    assert set(available_losses()) == {"grpo", "dapo", "dr_grpo", "gspo", "cispo", "reinforce", "hapo"}, \
         "a loss was registered: add it to this test's matrix"
     assert agg_mode in AGG_MODES
     loss = build_loss(name, agg_mode=agg_mode, kl_coef=0.1, kl_kind="k3", entropy_coef=0.01)
     assert loss.needs_ref_model and loss.needs_entropy_grad
     old = _old_logprobs()
-    whole = _update_delta(loss, 10_000, ref=True, old=old)
-    split = _update_delta(loss, 8, ref=True, old=old)
+    features = None
+    if loss.needs_entropy_score:
+        score = torch.linspace(-1, 1, tiny_batch().completion_mask.numel()).view_as(old)
+        features = TokenFeatures(entropy_score=score * tiny_batch().completion_mask)
+    whole = _update_delta(loss, 10_000, ref=True, old=old, features=features)
+    split = _update_delta(loss, 8, ref=True, old=old, features=features)
     _assert_same(whole, split, f"{name}/{agg_mode}")
 
 
