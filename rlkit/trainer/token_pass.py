@@ -6,7 +6,8 @@ token-weight function asks for it (`TokenWeighter.needs_hidden`, e.g. THR), a pe
 statistic of the final hidden states computed group by group.
 
 Memory: the pass walks the batch in forwards of whole groups under the trainer's token budget
-(`micro_batch_tokens`), on the chunked-vocabulary path, so it never holds [N, T, V] logits, and
+(`micro_batch_tokens`), on the chunked-vocabulary path with at most `LOGIT_BUDGET` logits per
+chunk, so it never holds [N, T, V] logits (its peak does not grow with the vocabulary), and
 hidden states [n, T, H] only for the rows of one forward. A group larger than the budget is
 split into several forwards (logged); its statistic then takes two sweeps: one accumulates the
 group's additive state (THR's M+) over the parts holding correct rows, one scores every part.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -31,7 +32,12 @@ from rlkit.trainer.update import forward_batch, micro_batches
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TokenPass", "group_packs", "token_pass"]
+__all__ = ["LOGIT_BUDGET", "TokenPass", "group_packs", "token_pass"]
+
+# Logits per chunk of the pass's chunked-vocabulary path: trainer.logprob_chunk_size tokens at
+# SmolLM2's vocabulary (49,152). With a larger vocabulary the pass takes fewer tokens per
+# chunk, so its peak memory stays the same whatever the vocabulary size (bench/token_pass_memory.py).
+LOGIT_BUDGET = 1024 * 49_152
 
 
 @dataclass
@@ -87,6 +93,8 @@ def token_pass(model, batch: RolloutBatch, fs, autocast, *, weighter: TokenWeigh
     `needs_hidden`, its per-token statistic (`correct` [N] bool marks the rows it accumulates
     over). `fs` is the trainer's ForwardSettings; `autocast` the policy's autocast context."""
     t0 = time.perf_counter()
+    vocab_size = lm_head_of(model)[0].shape[0]
+    fs = replace(fs, chunk_size=max(1, min(fs.chunk_size, LOGIT_BUDGET // vocab_size)))
     n, t = batch.completion_ids.shape
     logp, ent = torch.zeros(n, t), torch.zeros(n, t)
     hidden_stat = weighter is not None and weighter.needs_hidden
