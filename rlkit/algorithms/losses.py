@@ -165,11 +165,13 @@ def ppo_clip(
     advantages: Tensor,
     mask: Tensor,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
+    clip_low: float | Tensor = 0.2,
+    clip_high: float | Tensor = 0.2,
     dual_clip: float | None = None,
 ) -> tuple[Tensor, Metrics]:
     """PPO clipped surrogate (arXiv 1707.06347) per token; GRPO and DAPO clip-higher.
+
+    The clip ranges are floats or per-token [N, T] tensors (HAPO's adaptive ranges).
 
     l = max(-A ρ, -A clip(ρ, 1 - clip_low, 1 + clip_high)),  ρ = exp(logp - old_logp).
     clip_high > clip_low is DAPO's clip-higher (arXiv 2503.14476). dual_clip=c (> 1; Ye et al.
@@ -286,8 +288,9 @@ def hapo(
       1 - eps_l/2 < ρ < 1 + eps_h/2. High-entropy tokens (ĥ > 0) keep A inside the zone and
       take A_ent outside it; low-entropy tokens take A_ent inside and keep A outside. On
       policy (ρ = 1) this scales low-entropy tokens' advantages down by (1 + adv_beta ĥ).
-    - PPO clip with the per-token ranges, then dual clip c (> 1) on negative advantages.
-    With clip_alpha = adv_beta = 0 this is exactly `ppo_clip` (DAPO with the same clips).
+    - `ppo_clip` with the per-token ranges and the redistributed advantages, then dual clip
+      c (> 1) on negative advantages; so clip_alpha = adv_beta = 0 is exactly `ppo_clip`
+      (DAPO with the same clips).
     Metrics: hapo/clip_low_mean, hapo/clip_high_mean (token means of eps_l, eps_h),
     hapo/redistributed_frac (tokens whose advantage was rescaled), plus ppo_clip's.
     """
@@ -295,27 +298,15 @@ def hapo(
     h = h_hat.detach().to(adv.dtype)  # [N, T]
     eps_l = torch.where(h <= 0, clip_low * (1.0 - clip_alpha * h), torch.full_like(h, clip_low))  # [N, T]
     eps_h = torch.where(h > 0, clip_high * (1.0 + clip_alpha * h), torch.full_like(h, clip_high))  # [N, T]
-    log_ratio = _log_ratio(logprobs, old_logprobs, mask)  # [N, T]
-    ratio = log_ratio.exp()
-    r = ratio.detach()
+    r = _log_ratio(logprobs, old_logprobs, mask).detach().exp()  # [N, T]
     neutral = (r > 1.0 - eps_l / 2) & (r < 1.0 + eps_h / 2)  # [N, T]
     use_ent = torch.where(h > 0, ~neutral, neutral)  # [N, T]
     adv = torch.where(use_ent, adv * (1.0 + adv_beta * h), adv)
-    pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1.0 - eps_l, 1.0 + eps_h)
-    loss = torch.maximum(pg1, pg2)  # [N, T]
-    metrics = _ratio_metrics(ratio, log_ratio, mask)
-    metrics["policy/clip_frac_high"] = masked_mean(((adv > 0) & (r > 1 + eps_h)).float(), mask)
-    metrics["policy/clip_frac_low"] = masked_mean(((adv < 0) & (r < 1 - eps_l)).float(), mask)
-    if dual_clip is not None:
-        if dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1 (HAPO uses 10), got {dual_clip}")
-        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
-        metrics["policy/dual_clip_frac"] = masked_mean(((adv < 0) & (r > dual_clip)).float(), mask)
+    loss, metrics = ppo_clip(logprobs, old_logprobs, adv, mask, clip_low=eps_l, clip_high=eps_h, dual_clip=dual_clip)
     metrics["hapo/clip_low_mean"] = masked_mean(eps_l, mask)
     metrics["hapo/clip_high_mean"] = masked_mean(eps_h, mask)
     metrics["hapo/redistributed_frac"] = masked_mean((use_ent & (h != 0) & (adv_beta != 0)).float(), mask)
-    return torch.where(mask, loss, 0.0), metrics
+    return loss, metrics
 
 
 def reinforce(logprobs: Tensor, advantages: Tensor, mask: Tensor) -> tuple[Tensor, Metrics]:
