@@ -89,7 +89,10 @@ def setup(cfg: RecipeConfig) -> Components:
     )
     train_problems, eval_problems = load_problems(cfg.data)
     if cfg.data.demo_field is not None:
-        check_demo_field(train_problems, cfg.data.demo_field)
+        try:
+            check_demo_field(train_problems, cfg.data.demo_field)
+        except ValueError as exc:  # a column the data does not have: say which ones it has
+            raise ConfigError(str(exc)) from None
     d = cfg.diagnostics
     return Components(
         run_dir=Path(cfg.run.output_dir), accelerator=accelerator, policy=policy, loss_fn=loss_fn,

@@ -343,3 +343,41 @@ def test_mixing_modes_train_two_steps(one_process, overrides, check):
     else:
         assert m1["paced/reverse"] == 0.0 and "sft/rows" in m1 and "kd/kl" in m1
         assert m2["paced/reverse"] == 1.0 and "sft/rows" not in m2
+
+
+def test_resume_refuses_a_relift_buffer_made_for_another_dataset(one_process):
+    """A checkpoint whose ReLIFT buffer names problems of another data set (other operands)
+    cannot be resumed: the buffered indices would point at other problems."""
+    from rlkit.config import ConfigError
+    from rlkit.trainer.checkpoint import save_checkpoint
+
+    recipe = _recipe()
+    relift = ('rewards=[{name: "toy_rewards:zero"}]', "mixing={name: relift, params: {buffer_size: 8}}",
+              "data.demo_field=demo")
+    cfg = _config(one_process, *relift)
+    c = recipe.setup(cfg)
+    try:
+        recipe.train_step(cfg, c, 1)  # two hard prompts buffered, none popped
+        assert len(c.mixer.buffer) == 2
+        save_checkpoint(c.accelerator, c.run_dir, 1, {"sampler": c.sampler.state_dict(),
+                                                      "alarms": c.monitor.state_dict(),
+                                                      "mixer": c.mixer.state_dict()}, keep_last=1)
+    finally:
+        c.engine.close()
+    _reset_accelerate()
+    cfg = _config(one_process, *relift, "data.max_operand=8")  # other problems; same count and seed
+    c = recipe.setup(cfg)
+    try:
+        with pytest.raises(ConfigError, match="cannot resume from .*ReLIFT buffer refers to problem .*data config"):
+            recipe.restore(cfg, c)
+    finally:
+        c.engine.close()
+
+
+def test_a_demonstration_column_the_data_lacks_is_refused_with_the_columns(one_process):
+    from rlkit.config import ConfigError
+
+    recipe = _recipe()
+    cfg = _config(one_process, "data.demo_field=solution", "mixing={name: hpt}")
+    with pytest.raises(ConfigError, match="data.demo_field: no problem has a 'solution' column; the columns are a, b, demo"):
+        recipe.setup(cfg)
