@@ -29,6 +29,10 @@ from rlkit.trainer.state import Components, RunState, Sample, StepResult  # noqa
 log = logging.getLogger("grpo_math")
 
 
+class RunStopped(RuntimeError):
+    """The run stopped early on purpose (the message says why) after writing a checkpoint."""
+
+
 # ----------------------------------------------------------------------------- setup
 
 
@@ -44,11 +48,12 @@ def setup(cfg: RecipeConfig) -> Components:
     from rlkit.algorithms.regularizers import build_regularizer
     from rlkit.algorithms.token_weights import build_token_weighter
     from rlkit.assets import resolve_model
-    from rlkit.data import build_sampler, load_problems
+    from rlkit.data import build_sampler, drop_long_prompts, load_problems
     from rlkit.diagnostics.alarms import AlarmMonitor
     from rlkit.platform import resolve_dtype
     from rlkit.rollout.engine import build_engine
     from rlkit.rollout.types import SamplingConfig
+    from rlkit.trainer.canary import SyncCanary
     from rlkit.trainer.collect import RewardFunction
     from rlkit.trainer.deepspeed import (
         build_accelerator,
@@ -87,7 +92,18 @@ def setup(cfg: RecipeConfig) -> Components:
         cpu_kvcache_gib=r.cpu_kvcache_gib, enforce_eager=r.enforce_eager,
         distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None,
     )
+    if r.chat_template and getattr(engine.tokenizer, "chat_template", None) is None:
+        raise ConfigError(f"rollout.chat_template is true but the tokenizer of {cfg.model.name_or_path} has no chat "
+                          "template; set rollout.chat_template: false to feed prompts as raw text")
     train_problems, eval_problems = load_problems(cfg.data)
+    # A prompt that leaves no room for the completion would fail inside the engine mid-run:
+    # drop such prompts now, and say how many.
+    room = r.max_model_len - r.max_new_tokens
+    train_problems = drop_long_prompts(train_problems, engine.tokenizer, r.chat_template, room, "training")
+    eval_problems = drop_long_prompts(eval_problems, engine.tokenizer, r.chat_template, room, "evaluation")
+    if not train_problems:
+        raise ConfigError(f"rollout.max_model_len: every training prompt is longer than max_model_len - "
+                          f"max_new_tokens = {room} tokens; raise rollout.max_model_len or shorten the prompts")
     if cfg.data.demo_field is not None:
         try:
             check_demo_field(train_problems, cfg.data.demo_field)
@@ -100,12 +116,16 @@ def setup(cfg: RecipeConfig) -> Components:
         token_weighter=(build_token_weighter(cfg.token_weights.name, **cfg.token_weights.params)
                         if cfg.token_weights is not None else None),
         teacher=teacher,
+        canary=(SyncCanary.from_problems(engine.tokenizer, eval_problems or train_problems,
+                                         chat_template=r.chat_template,
+                                         dtypes=[resolve_dtype(r.dtype), resolve_dtype(cfg.model.dtype)])
+                if cfg.trainer.sync_canary else None),
         mixer=build_mixer(cfg.mixing.name, **cfg.mixing.params) if cfg.mixing is not None else None,
         train_problems=train_problems, eval_problems=eval_problems,
         sampler=build_sampler(cfg.data.sampler.name, cfg.data.sampler.params, num_items=len(train_problems),
                               seed=cfg.data.seed),
-        reward_fns=tuple(RewardFunction(s.name, reward_registry.get_reward(s.name), s.weight, dict(s.params))
-                         for s in cfg.rewards),
+        reward_fns=tuple(RewardFunction(s.name, reward_registry.get_reward(s.name), s.weight, dict(s.params),
+                                        timeout_s=r.reward_timeout_s) for s in cfg.rewards),
         monitor=AlarmMonitor(entropy_collapse_frac=d.entropy_collapse_frac, zero_adv_frac=d.zero_adv_frac,
                              grad_z_threshold=d.grad_z_threshold, window=d.window, warmup=d.warmup,
                              reward_rise_tol=d.reward_rise_tol, converged_frac=d.converged_frac),
@@ -117,27 +137,53 @@ def setup(cfg: RecipeConfig) -> Components:
     )
 
 
+def run_identity(cfg: RecipeConfig, world_size: int) -> dict:
+    """What a checkpoint must agree with to be resumed by this run (written into each one)."""
+    return {"model": cfg.model.name_or_path, "group_size": cfg.rollout.group_size, "world_size": world_size}
+
+
 def restore(cfg: RecipeConfig, c: Components) -> int:
-    """Resume from the newest checkpoint in the run directory, if any. Returns the start step."""
-    from rlkit.trainer.checkpoint import latest_checkpoint, load_checkpoint
+    """Resume from the newest readable checkpoint in the run directory, if any; returns the
+    start step. A checkpoint that cannot be read (torn by a crash outside rlkit's atomic
+    write, a corrupted file) is moved aside and the one before it is used; one made by a run
+    with another model, group size or number of processes is refused."""
+    from rlkit.trainer.checkpoint import list_checkpoints, load_checkpoint, set_aside
     from rlkit.trainer.update import sync_weights
 
-    ckpt = latest_checkpoint(c.run_dir) if cfg.run.resume else None
-    if ckpt is None:
+    candidates = list_checkpoints(c.run_dir)[::-1] if cfg.run.resume else []
+    for ckpt in candidates:
+        try:
+            state = load_checkpoint(c.accelerator, ckpt)
+            break
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: fall back, and say so
+            moved = set_aside(c.accelerator, ckpt)
+            log.error("checkpoint %s cannot be read (%s: %s); moved to %s, trying the one before",
+                      ckpt.name, type(exc).__name__, str(exc)[:200], moved.name)
+    else:
+        if candidates:
+            log.error("no checkpoint in %s could be read; starting from step 0", c.run_dir)
         return 0
-    state = load_checkpoint(c.accelerator, ckpt)
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"cannot resume from {ckpt}: {why}. Use another run.output_dir, or "
+                           "run.resume: false to start over in this one")
+
+    was = state.get("run", {})
+    now = run_identity(cfg, c.accelerator.num_processes)
+    for key, field in (("model", "model.name_or_path"), ("group_size", "rollout.group_size"),
+                       ("world_size", "the number of processes")):
+        if key in was and was[key] != now[key]:
+            raise refuse(f"it was written by a run with {field} = {was[key]}, this run has {now[key]}")
     try:
         c.sampler.load_state_dict(state["sampler"])
     except ValueError as exc:  # e.g. a checkpoint made for another data set: stop, say which
-        raise ConfigError(f"cannot resume from {ckpt}: {exc}. Use another run.output_dir, or "
-                          "run.resume: false to start over in this one") from None
+        raise refuse(str(exc)) from None
     c.monitor.load_state_dict(state["alarms"])
     if c.mixer is not None:
         try:
             c.mixer.load_state_dict(state.get("mixer", {}), [p.prompt for p in c.train_problems])
         except ValueError as exc:
-            raise ConfigError(f"cannot resume from {ckpt}: {exc}. Use another run.output_dir, or "
-                              "run.resume: false to start over in this one") from None
+            raise refuse(str(exc)) from None
     sync_weights(c.engine, c.policy)  # the engine starts from the base model: bring it up to date
     return int(state["step"])
 
@@ -156,6 +202,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     from rlkit.trainer.collect import (
         collect_rollouts,
         compute_advantages,
+        nonfinite_rows,
         rollout_metrics,
         seed_rollout,
     )
@@ -168,6 +215,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         rank_shard,
         sum_across_ranks,
     )
+    from rlkit.trainer.guard import kill_point, set_step, test_hook
     from rlkit.trainer.sft import kd_row_weights, mix_step, relift_step
     from rlkit.trainer.token_pass import token_pass
     from rlkit.trainer.update import (
@@ -180,6 +228,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
 
     r, t, acc = cfg.rollout, cfg.trainer, c.accelerator
     t_step = time.perf_counter()
+    set_step(step)
 
     # 1. Rollouts, scored. Every rank draws the same indices (one sampler state) and keeps its
     #    share; the samples are a function of (seed, step, rank), so a resumed run repeats them.
@@ -193,6 +242,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     )
     batch, scored = got.batch, got.scored
     batch.rewards = scored.rewards
+    kill_point("generate")
     # A stateful sampler (VADE) learns each problem's pass rate from every group sampled, on
     # all ranks, so every rank keeps the same state (the uniform sampler ignores this).
     outcomes = gather_across_ranks(acc, got.observed)
@@ -203,6 +253,16 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     t_adv = time.perf_counter()
     advantages = compute_advantages(cfg.advantage.name, cfg.advantage.params, batch, scored.rewards,
                                     answer_extractor=cfg.advantage.answer_extractor)
+
+    # A non-finite reward or advantage poisons the whole update: the step trains on nothing
+    # (every rank agrees), its rows are logged, and the loop counts it toward the streak stop.
+    poisoned = nonfinite_rows(scored.rewards, advantages)
+    if not all_across_ranks(acc, not poisoned):
+        log.warning("step %d: non-finite rewards or advantages in rows %s (rewards %s); the step is skipped: "
+                    "no update, no weight sync", step, poisoned[:16], [float(scored.rewards[i]) for i in poisoned[:16]])
+        metrics = {**rollout_metrics(batch, scored), **got.metrics, "train/nonfinite_skips": 1.0,
+                   "time/step": time.perf_counter() - t_step}
+        return StepResult(metrics=mean_across_ranks(acc, metrics, weight=len(got.drawn)), nonfinite_skips=1)
 
     # 3. Mixing (hpt / relift / paced): which groups the update keeps, which demonstrations
     #    join its optimizer steps, how each group's distillation term is weighted.
@@ -263,7 +323,17 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
 
     # 6. Weight sync, optionally read back (0.0 = the engine serves exactly the trainer's weights).
     t_sync = time.perf_counter()
-    sync_weights(c.engine, c.policy)
+    if update.applied_steps or isinstance(c.mixer, ReLIFT):  # nothing to push after a discarded update
+        if not test_hook("skip_sync", step):  # test-only: the canary's test makes a sync silently not happen
+            sync_weights(c.engine, c.policy)
+    canary = {}
+    drift = None
+    if c.canary is not None:  # does the engine now serve what the trainer holds?
+        check = c.canary.check(c.engine, c.policy.unwrapped(), c.policy.autocast, chunk_size=c.forward.chunk_size,
+                               pad_id=c.forward.pad_id)
+        canary = {"train/canary_diff": check.diff, "time/canary": check.seconds}
+        if not all_across_ranks(acc, not check.drift):
+            drift = check.diff
     sync_diff = None
     if t.verify_sync:
         sync_diff = c.engine.max_weight_diff(trainer_weights_for_engine(c.policy.unwrapped()))
@@ -271,7 +341,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
 
     # 7. Metrics: one key per quantity, tensors until the logger turns them into numbers.
     metrics = {**rollout_metrics(full_batch, full_scored), **got.metrics, **update.metrics, **pass_metrics,
-               **mix_metrics}
+               **mix_metrics, **canary}
     if cfg.diagnostics.enabled:
         new_lp = None
         if cfg.diagnostics.post_update_logprobs:
@@ -297,21 +367,46 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
         samples = [Sample(got.problems[i // r.group_size].prompt, full_batch.completion_texts[i],
                           float(full_scored.rewards[i])) for i in range(0, full_batch.num_rows, r.group_size)]
-    return StepResult(metrics=metrics, nonfinite_skips=skips, samples=samples, sync_max_abs_diff=sync_diff)
+    return StepResult(metrics=metrics, nonfinite_skips=skips, samples=samples, sync_max_abs_diff=sync_diff,
+                      sync_drift=drift)
 
 
 # ----------------------------------------------------------------------------- loop
 
 
 def train(cfg: RecipeConfig) -> Path:
+    """Run the recipe: hold the run directory's lock, set up, resume, train, export."""
+    from rlkit.trainer.guard import RunLock, RunLockedError, die_with_parent
+
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # started by accelerate launch / torchrun: die with it
+        die_with_parent()
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer per run directory, checked before loading
+        try:
+            lock = RunLock(Path(cfg.run.output_dir)).acquire()
+        except RunLockedError as exc:
+            raise ConfigError(str(exc)) from None
+    try:
+        return _train(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RecipeConfig) -> Path:
     from dataclasses import asdict
 
     from rlkit.trainer.checkpoint import export_model, save_checkpoint
     from rlkit.trainer.collect import evaluate
+    from rlkit.trainer.guard import kill_point
     from rlkit.trainer.tracking import RunLogger
 
     c = setup(cfg)
     state = RunState(step=restore(cfg, c))
+    if c.canary is not None:  # the floor: engine and trainer hold the same weights now
+        first = c.canary.check(c.engine, c.policy.unwrapped(), c.policy.autocast, chunk_size=c.forward.chunk_size,
+                               pad_id=c.forward.pad_id)
+        log.info("weight-sync canary: floor %.3g nats, tolerance %.3g", first.diff, c.canary.tolerance)
     if c.accelerator.is_main_process:
         c.run_dir.mkdir(parents=True, exist_ok=True)
         (c.run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -327,12 +422,16 @@ def train(cfg: RecipeConfig) -> Path:
                         temperature=ev.temperature)
 
     if do_eval and state.step == 0:
-        logger.log(0, held_out())
+        metrics0 = held_out()
+        kill_point("eval_step0", 0)
+        logger.log(0, metrics0)
     stop_reason = None
     for step in range(state.step + 1, cfg.trainer.max_steps + 1):
         result = train_step(cfg, c, step)
         metrics = dict(result.metrics)
-        if do_eval and ev.every and step % ev.every == 0 and step != cfg.trainer.max_steps:
+        # The last step's evaluation joins its record (before its checkpoint), so a run cut
+        # after that checkpoint resumes with nothing to redo and logs nothing twice.
+        if do_eval and ((ev.every and step % ev.every == 0) or step == cfg.trainer.max_steps):
             metrics.update(held_out())
         values = logger.log(step, metrics)
         logger.samples(step, [asdict(s) for s in result.samples])
@@ -340,26 +439,45 @@ def train(cfg: RecipeConfig) -> Path:
             logger.alarm(alarm.to_dict())
             if alarm.name in cfg.diagnostics.stop_on:
                 stop_reason = f"alarm '{alarm.name}' is in diagnostics.stop_on"
+        if result.sync_drift is not None:
+            alarm = {"name": "weight_sync_drift", "step": step, "value": result.sync_drift,
+                     "message": f"the engine's logprobs of the canary probe differ from the trainer's by "
+                                f"{result.sync_drift:.4g} nats (tolerance {c.canary.tolerance:.3g}): the engine is not "
+                                "serving the trained weights, so rollouts come from a stale or wrong policy",
+                     "action": "check the weight sync (rlkit/rollout/weight_sync.py) for this model and engine; "
+                               "trainer.verify_sync: true compares the weights directly"}
+            logger.alarm(alarm)
+            if cfg.trainer.stop_on_sync_drift:
+                stop_reason = "the weight-sync canary saw drift (trainer.stop_on_sync_drift)"
         state.skip_streak = state.skip_streak + 1 if result.nonfinite_skips else 0
-        if state.skip_streak >= 3:
-            stop_reason = "3 consecutive steps with non-finite losses"
+        if state.skip_streak >= cfg.trainer.max_nonfinite_streak:
+            stop_reason = (f"{state.skip_streak} consecutive steps with non-finite rewards, advantages or losses "
+                           f"(trainer.max_nonfinite_streak={cfg.trainer.max_nonfinite_streak}); see the warnings "
+                           "above for the rows")
         state.step = step
         if stop_reason or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0) \
                 or step == cfg.trainer.max_steps:
-            save_checkpoint(c.accelerator, c.run_dir, step,
-                            {"sampler": c.sampler.state_dict(), "alarms": c.monitor.state_dict(),
-                             "mixer": c.mixer.state_dict() if c.mixer is not None else {}},
-                            keep_last=cfg.trainer.keep_last)
+            try:
+                save_checkpoint(c.accelerator, c.run_dir, step,
+                                {"sampler": c.sampler.state_dict(), "alarms": c.monitor.state_dict(),
+                                 "mixer": c.mixer.state_dict() if c.mixer is not None else {},
+                                 "run": run_identity(cfg, c.accelerator.num_processes)},
+                                keep_last=cfg.trainer.keep_last)
+            except OSError as exc:  # e.g. a full disk: the previous checkpoint is intact, stop here
+                raise RunStopped(f"could not write the checkpoint of step {step} ({exc}); the newest complete "
+                                 f"checkpoint in {c.run_dir / 'checkpoints'} is intact: free space and rerun the "
+                                 "same command to resume from it") from None
         if stop_reason:
             log.error("stopping at step %d: %s; resumable checkpoint written", step, stop_reason)
             break
 
-    if do_eval and not stop_reason:
-        logger.log(cfg.trainer.max_steps, held_out())
     if cfg.trainer.export_final and not stop_reason:
         export_model(c.policy, c.engine.tokenizer, c.run_dir / "final_model", merge_lora=cfg.trainer.merge_lora_on_export)
     logger.close()
     c.engine.close()
+    if stop_reason:
+        raise RunStopped(f"stopped at step {state.step}: {stop_reason}. A resumable checkpoint is in "
+                         f"{c.run_dir / 'checkpoints'}; fix the cause and rerun the same command to resume")
     return c.run_dir
 
 
@@ -379,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a setting only checkable at launch (e.g. against the process count)
         print(exc, file=sys.stderr)
         return 2
+    except RunStopped as exc:  # an alarm in diagnostics.stop_on, or too many non-finite steps
+        print(exc, file=sys.stderr)
+        return 3
     print(f"run directory: {run_dir}")
     return 0
 

@@ -183,6 +183,10 @@ class RolloutConfig(_Section):
         4, ge=1, description="Dynamic sampling: most prompt draws per step (verl's max_num_gen_batches); "
                              "when they run out the step trains on the informative groups found."
     )
+    reward_timeout_s: float | None = Field(
+        300.0, gt=0, description="A reward function call running longer fails: its rows score 0 this step and "
+        "the failure is counted (`reward/<name>/failures`); null = wait forever."
+    )
 
 
 class RewardSpec(_Section):
@@ -291,6 +295,19 @@ class TrainerConfig(_Section):
         "to the trainer's (`train/sync_max_abs_diff`, 0 when the sync is right). Debugging aid; costs a copy."
     )
     logprob_chunk_size: int = Field(1024, gt=0, description="Tokens per chunk of the memory-efficient logprob pass.")
+    sync_canary: bool = Field(
+        True, description="After each weight sync, score a fixed 4-prompt probe with the engine and the trainer; "
+        "a difference above the floor measured at the start raises the `weight_sync_drift` alarm "
+        "(`train/canary_diff`, `time/canary`)."
+    )
+    stop_on_sync_drift: bool = Field(
+        True, description="Stop the run (with a checkpoint) when the canary sees drift: the engine is not serving "
+        "the trained weights, so further rollouts would train on a stale policy."
+    )
+    max_nonfinite_streak: int = Field(
+        3, gt=0, description="Consecutive steps with non-finite rewards, advantages or losses (each skipped: no "
+        "optimizer step, no weight sync) after which the run stops with a resumable checkpoint."
+    )
     seed: int = Field(0, description="Seed for torch, python, numpy and the engine.")
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every k steps (0 = only at the end).")
     keep_last: int = Field(2, gt=0, description="Checkpoints to keep.")
@@ -477,6 +494,20 @@ class RecipeConfig(_Section):
                              "(regularizers: [{name: kdrl, coef: 0.005}]) or remove the field")
 
     @model_validator(mode="after")
+    def _local_paths_exist(self) -> RecipeConfig:
+        # What can be checked without loading anything: a model named by a local path must be
+        # a directory with a config and weights, a data file must exist. A name with one "/"
+        # and no such directory is a hub id, checked when it loads.
+        for field, value in (("model.name_or_path", self.model.name_or_path), ("model.ref_model", self.model.ref_model),
+                             ("model.teacher_model", self.model.teacher_model)):
+            if value is not None:
+                _check_model_path(field, value)
+        d = self.data
+        if d.path is not None and d.name in ("jsonl", "parquet") and not Path(d.path).expanduser().is_file():
+            raise ValueError(f"data.path: {d.path} does not exist (data.name '{d.name}' reads a local file)")
+        return self
+
+    @model_validator(mode="after")
     def _sampler_fits_batch(self) -> RecipeConfig:
         # A sampler that picks distinct problems per draw (declared, e.g. vade) cannot fill a
         # step from fewer problems; num_train is the arithmetic task's size and every other
@@ -491,6 +522,23 @@ class RecipeConfig(_Section):
                 f"rollout.prompts_per_step, or lower rollout.prompts_per_step"
             )
         return self
+
+
+def _check_model_path(field: str, value: str) -> None:
+    """A local model path must hold a model; aliases and hub ids ("org/name") pass."""
+    from rlkit.assets import MODEL_ALIASES
+
+    path = Path(value).expanduser()
+    local = value.startswith(("/", ".", "~")) or value.count("/") > 1 or path.is_dir()
+    if value in MODEL_ALIASES or not local:
+        return
+    if not path.is_dir():
+        raise ValueError(f"{field}: {value} does not exist (a local path; a hub id looks like 'org/name', "
+                         f"an embedded alias is one of {', '.join(MODEL_ALIASES)})")
+    weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json") for p in path.glob(pattern)]
+    if not (path / "config.json").is_file() or not weights:
+        raise ValueError(f"{field}: {value} is a directory but holds no model (config.json and *.safetensors or "
+                         f"*.bin); found {sorted(p.name for p in path.iterdir())[:8]}")
 
 
 def _resolve(registry: Registry, name: str, field: str, what: str) -> Any:
@@ -647,13 +695,35 @@ def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
         raise  # unreachable
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key set twice in one mapping (PyYAML keeps the last one
+    silently: `max_steps: 10 ... max_steps: 50` would train 50 steps without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKeyError(f"duplicate key '{key}' at lines {seen[key]} and {line}; "
+                                         "YAML would silently keep the second, so say it once")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
     """Load a recipe YAML, apply overrides, validate. Raises ConfigError with a readable message."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no code runs
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

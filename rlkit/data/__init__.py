@@ -1,6 +1,6 @@
 """Prompt datasets for RL: problems with reference answers, and resumable prompt samplers."""
 
-from rlkit.data.datasets import Problem, PromptSampler, load_problems
+from rlkit.data.datasets import Problem, PromptSampler, drop_long_prompts, load_problems
 from rlkit.data.samplers import (
     SAMPLERS,
     Sampler,
@@ -18,6 +18,7 @@ __all__ = [
     "UniformSampler",
     "VADESampler",
     "build_sampler",
+    "drop_long_prompts",
     "load_problems",
     "register_sampler",
 ]

@@ -13,15 +13,19 @@ Sources:
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rlkit.config import DataConfig
 
 ARITHMETIC_TEMPLATE = "What is {a} + {b}? Answer with only the number."
 EXPRESSION_TEMPLATE = "What is {expression}? Answer with only the number."  # the general form of the above
+log = logging.getLogger(__name__)
+
 OPERAND_NAMES = "abcdefghijklmnopqrstuvwxyz"  # fields holding the operands, named as in the template
 
 
@@ -84,6 +88,9 @@ def _rows_to_problems(rows, cfg: DataConfig, limit: int, answer_fn=str) -> list[
                 f"dataset rows have columns {sorted(row)}; set data.prompt_field / data.answer_field "
                 f"(now '{cfg.prompt_field}' / '{cfg.answer_field}')"
             )
+        if row[cfg.answer_field] is None or str(row[cfg.answer_field]).strip() == "":
+            raise ValueError(f"data: row {len(out)} has no answer in column '{cfg.answer_field}'; every training "
+                             "problem needs one (numbers and strings are both fine)")
         prompt = cfg.prompt_template.format(**row) if "{" in cfg.prompt_template else row[cfg.prompt_field]
         out.append(Problem(prompt=prompt, answer=answer_fn(row[cfg.answer_field]), fields=row))
     return out
@@ -113,6 +120,8 @@ def load_problems(cfg: DataConfig) -> tuple[list[Problem], list[Problem]]:
         evals = arithmetic_problems(cfg.num_eval, seed=cfg.seed + 10_000, **task)
         return train, evals
     answer_fn = _gsm8k_answer if cfg.name == "gsm8k" else str
+    if cfg.name in ("jsonl", "parquet") and Path(cfg.path).expanduser().stat().st_size == 0:
+        raise ValueError(f"data.path: {cfg.path} is empty (no rows to train on)")
     train = _rows_to_problems(_load_hf(cfg, cfg.split), cfg, cfg.num_train, answer_fn)
     evals: list[Problem] = []
     if cfg.num_eval and cfg.eval_split:
@@ -162,3 +171,19 @@ class PromptSampler:
             )
         self.epoch, self.cursor = state["epoch"], state["cursor"]
         self._order = self._permutation(self.epoch)
+
+
+def drop_long_prompts(problems: list[Problem], tokenizer, chat_template: bool, max_tokens: int,
+                      what: str) -> list[Problem]:
+    """The problems whose rendered prompt has at most `max_tokens` tokens; the dropped ones are
+    counted in a warning (a prompt the engine cannot fit would otherwise fail mid-run)."""
+    from rlkit.rollout.engine import render_prompts
+
+    if not problems:
+        return problems
+    _, ids = render_prompts(tokenizer, [p.prompt for p in problems], chat_template=chat_template)
+    kept = [p for p, i in zip(problems, ids, strict=True) if len(i) <= max_tokens]
+    if len(kept) < len(problems):
+        log.warning("dropped %d of %d %s prompts longer than %d tokens (rollout.max_model_len - max_new_tokens)",
+                    len(problems) - len(kept), len(problems), what, max_tokens)
+    return kept

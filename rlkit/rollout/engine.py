@@ -51,6 +51,11 @@ class RolloutEngine(Protocol):
         """Sample `group_size` completions per prompt; rows ordered group by group."""
         ...
 
+    def score(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+        """Logprob (temperature 1) of each completion token given its prompt and the tokens
+        before it, under the weights the engine serves now (the weight-sync canary)."""
+        ...
+
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Load trainer weights (HF checkpoint names) into the engine's model."""
         ...

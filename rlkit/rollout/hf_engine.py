@@ -183,6 +183,17 @@ class HFEngine:
             pad_id=self.pad_id,
         )
 
+    @torch.no_grad()
+    def score(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+        """Logprob (temperature 1) of each completion token after its prompt and the tokens
+        before it, under the engine's current weights (one plain forward per row)."""
+        rows = []
+        for p, c in zip(prompt_ids, completion_ids, strict=True):
+            ids = torch.tensor([list(p) + list(c)], device=self.device)
+            logp = torch.log_softmax(self.model(input_ids=ids).logits.float()[0], -1)  # [L, V]
+            rows.append([float(logp[len(p) + t - 1, tok]) for t, tok in enumerate(c)])
+        return rows
+
     def _finish(self, toks: list[int], sampling: SamplingConfig) -> tuple[int, str]:
         """(generated length, finish reason) of one row.
 

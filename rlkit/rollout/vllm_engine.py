@@ -189,6 +189,23 @@ class VLLMEngine:
             pad_id=self.pad_id,
         )
 
+    def score(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> list[list[float]]:
+        """Logprob (temperature 1) of each completion token after its prompt and the tokens
+        before it, under the engine's current weights: vLLM's prompt logprobs of one forward
+        of prompt + completion (nothing is sampled). The weight-sync canary reads it."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        requests = [TokensPrompt(prompt_token_ids=list(p) + list(c))
+                    for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        rows = []
+        for out, p, c in zip(outputs, prompt_ids, completion_ids, strict=True):
+            plp = out.prompt_logprobs  # [None, {token: Logprob}, ...] one entry per prompt position
+            rows.append([float(plp[len(p) + t][tok].logprob) for t, tok in enumerate(c)])
+        return rows
+
     # -- weight sync ----------------------------------------------------------------------
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:

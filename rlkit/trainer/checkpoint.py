@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from rlkit.trainer.guard import kill_point
+
 log = logging.getLogger(__name__)
 
 _STATE = "trainer_state.json"
@@ -62,19 +64,38 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, *, keep_
         if tmp.exists():
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every rank writes its DeepSpeed shards
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))  # every rank writes its DeepSpeed shards
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / _STATE).write_text(json.dumps({"step": step, **state}, indent=2))
+            _fsync_tree(tmp)
+    except OSError:
+        if accelerator.is_main_process:  # a full disk: drop the partial copy, keep the previous checkpoint
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        (tmp / _STATE).write_text(json.dumps({"step": step, **state}, indent=2))
-        _fsync_tree(tmp)
+        kill_point("checkpoint_write", step)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        kill_point("checkpoint_renamed", step)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint saved: %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def set_aside(accelerator, path: Path) -> Path:
+    """Move an unreadable checkpoint out of the way (kept for inspection, never loaded again)."""
+    dest = path.with_name(f".corrupt-{path.name}")
+    if accelerator.is_main_process:
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(path, dest)
+    accelerator.wait_for_everyone()
+    return dest
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:
@@ -105,6 +126,7 @@ def export_model(policy, tokenizer, out_dir: Path, *, merge_lora: bool = True) -
             to_save.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             _fsync_tree(tmp)
+            kill_point("export")
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)

@@ -9,6 +9,7 @@ config. `collect_rollouts` times its own phases, so the recipe's step stays flat
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from rlkit.trainer.distributed import mean_across_ranks, rank_shard
 log = logging.getLogger(__name__)
 
 __all__ = ["Collected", "RewardFunction", "ScoredRollouts", "collect_rollouts", "compute_advantages", "evaluate",
-           "informative_groups", "pass_at_k", "rollout_metrics", "score_rollouts", "seed_rollout"]
+           "informative_groups", "nonfinite_rows", "pass_at_k", "rollout_metrics", "score_rollouts", "seed_rollout"]
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -38,6 +39,31 @@ class RewardFunction:
     fn: Callable[..., list]
     weight: float = 1.0
     params: dict = field(default_factory=dict)
+    timeout_s: float | None = None  # a call running longer fails (rows scored 0, counted)
+
+
+def _call_with_timeout(fn: Callable[..., list], timeout_s: float | None, *args, **kwargs) -> list:
+    """fn(*args, **kwargs), or TimeoutError after `timeout_s`. A Python call cannot be killed:
+    a hung one is left running in a daemon thread (it dies with the process) and the step
+    goes on without it."""
+    if timeout_s is None:
+        return fn(*args, **kwargs)
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's guard
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="rlkit-reward")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"did not return within rollout.reward_timeout_s={timeout_s} s")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 @dataclass
@@ -81,15 +107,18 @@ def score_rollouts(batch: RolloutBatch, problems: Sequence[Problem], reward_fns:
     columns, failures, missing = {}, {}, {}
     for rf in reward_fns:
         try:
-            values = rf.fn(prompts, list(batch.completion_texts), **fields, **rf.params)
+            values = _call_with_timeout(rf.fn, rf.timeout_s, prompts, list(batch.completion_texts), **fields,
+                                        **rf.params)
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} values for {n} completions")
+            # inside the guard: a reward returning strings fails here, not later in the step
+            col = torch.tensor([0.0 if v is None else float(v) for v in values])
             failures[rf.name] = 0
         except Exception:  # noqa: BLE001 - a user reward must not kill a long run
             log.warning("reward '%s' failed; scoring its rows 0 this step:\n%s", rf.name, traceback.format_exc())
             values, failures[rf.name] = [None] * n, 1
+            col = torch.zeros(n)
         missing[rf.name] = sum(v is None for v in values)
-        col = torch.tensor([0.0 if v is None else float(v) for v in values])
         columns[rf.name] = col
         total += rf.weight * col
     first = columns[reward_fns[0].name]
@@ -205,6 +234,14 @@ def compute_advantages(name: str, params: dict, batch: RolloutBatch, rewards: Te
             raise ValueError(f"advantage estimator {name!r} declares needs_answers; set advantage.answer_extractor")
         extra["answers"] = answer_ids(batch.completion_texts, batch.group_ids, answer_extractor)
     return fn(rewards, batch.group_ids, mask=batch.completion_mask, **extra, **params)
+
+
+def nonfinite_rows(rewards: Tensor, advantages: Tensor) -> list[int]:
+    """Rows whose reward or advantage (any token of it) is NaN or infinite."""
+    bad = ~torch.isfinite(rewards)
+    adv_bad = ~torch.isfinite(advantages)
+    bad |= adv_bad if adv_bad.dim() == 1 else adv_bad.any(-1)
+    return torch.nonzero(bad).flatten().tolist()
 
 
 # ----------------------------------------------------------------------------- evaluation and metrics

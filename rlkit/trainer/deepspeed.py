@@ -50,15 +50,26 @@ class Policy:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cpu", dtype=self.autocast_dtype)
 
-    def backward(self, loss: torch.Tensor, *, boundary: bool) -> None:
+    def backward(self, loss: torch.Tensor, *, boundary: bool, discard: bool = False) -> None:
         """Backward one micro-batch; the optimizer steps (and the LR schedule advances) only
-        when `boundary` is True."""
+        when `boundary` is True. `discard` (at a boundary) throws the accumulated gradients
+        away instead: no optimizer step, no LR step, nothing carried into the next step (a
+        step with a non-finite loss). Every rank must pass the same `discard`."""
         wrapped = getattr(self.accelerator, "deepspeed_engine_wrapped", None)
         if wrapped is not None:
-            # engine.backward, then engine.step() (clip, AdamW, zero_grad, LR) at the boundary.
-            wrapped.backward(loss, sync_gradients=boundary)
+            if not (boundary and discard):
+                # engine.backward, then engine.step() (clip, AdamW, zero_grad, LR) at the boundary.
+                wrapped.backward(loss, sync_gradients=boundary)
+                return
+            engine = wrapped.engine
+            engine.set_gradient_accumulation_boundary(is_boundary=True)
+            engine.backward(loss)  # ZeRO reduces here: every rank takes part
+            _discard_gradients(engine.optimizer)
             return
         self.accelerator.backward(loss)
+        if boundary and discard:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         if boundary:
             if self.max_grad_norm is not None:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
@@ -74,6 +85,21 @@ class Policy:
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _discard_gradients(optimizer) -> None:
+    """Drop a DeepSpeed ZeRO optimizer's accumulated gradients without stepping: what its own
+    overflow branch does for an fp16 overflow (param grads, the reduced partitions and their
+    flat buffers). Checked by a test: the step after a discarded one equals a fresh step."""
+    optimizer.zero_grad(set_to_none=True)
+    for attr in ("averaged_gradients", "all_grad_tensors"):
+        grads = getattr(optimizer, attr, None)
+        if isinstance(grads, dict):
+            for key in grads:
+                grads[key] = None
+    release = getattr(optimizer, "_release_preflattened_grad_buffers", None)
+    if release is not None:
+        release()
 
 
 def _ds_config(tcfg: TrainerConfig, *, bf16: bool) -> dict:
@@ -155,6 +181,13 @@ def apply_lora(model: torch.nn.Module, lcfg: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    from rlkit.config import ConfigError
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    missing = sorted(set(lcfg.target_modules) - names)
+    if missing:
+        raise ConfigError(f"model.lora.target_modules: {missing} match no linear layer of this model; its linear "
+                          f"layers are named {sorted(names)}")
     peft_cfg = PeftLoraConfig(
         r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
         target_modules=lcfg.target_modules, task_type="CAUSAL_LM",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # heavy imports only for the annotations
     from rlkit.diagnostics.alarms import AlarmMonitor
     from rlkit.rollout.engine import RolloutEngine
     from rlkit.rollout.types import SamplingConfig
+    from rlkit.trainer.canary import SyncCanary
     from rlkit.trainer.collect import RewardFunction
     from rlkit.trainer.deepspeed import Policy
     from rlkit.trainer.update import ForwardSettings, ScaledRegularizer
@@ -53,6 +54,7 @@ class Components:
     token_weighter: TokenWeighter | None = None  # per-token loss weights (token_weights: thr), or none
     teacher: nn.Module | None = None             # frozen teacher (model.teacher_model), for distillation terms
     mixer: Mixer | None = None                   # hpt / relift / paced (mixing:), checkpointed
+    canary: SyncCanary | None = None             # the weight-sync canary (trainer.sync_canary)
 
 
 @dataclass
@@ -80,3 +82,4 @@ class StepResult:
     nonfinite_skips: int                 # micro-batches skipped for a non-finite loss, all ranks
     samples: list[Sample] = field(default_factory=list)  # filled on logging.sample_every steps
     sync_max_abs_diff: float | None = None                # trainer.verify_sync: 0.0 = engine exact
+    sync_drift: float | None = None                       # the canary's difference when it saw drift

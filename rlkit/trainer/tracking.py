@@ -46,7 +46,9 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                # purge_step: on resume, events past the checkpoint (written by the run that died)
+                # are hidden, so TensorBoard, like metrics.jsonl, holds each step once
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
             except ImportError:
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
         if self.accelerator is not None:

@@ -26,7 +26,8 @@ from rlkit.algorithms.losses import LossInputs, LossOutput, PolicyLoss, masked_m
 from rlkit.algorithms.regularizers import Regularizer
 from rlkit.algorithms.token_weights import TokenFeatures
 from rlkit.rollout.types import RolloutBatch
-from rlkit.trainer.distributed import max_across_ranks, sum_across_ranks
+from rlkit.trainer.distributed import all_across_ranks, max_across_ranks, sum_across_ranks
+from rlkit.trainer.guard import kill_point, test_hook
 from rlkit.trainer.prefix import ForwardBatch, compute_logprobs
 from rlkit.trainer.sft import SFTBatch, sft_micro_batches, sft_micro_loss
 
@@ -138,6 +139,28 @@ def post_update_logprobs(policy, batch: RolloutBatch, advantages: Tensor, before
 # ----------------------------------------------------------------------------- update
 
 
+def _finite_or_zero(loss: Tensor, model, rows: Tensor, what: str) -> tuple[Tensor, int]:
+    """(loss, 0), or a zero loss with a zero gradient and 1 when it is not finite (logged)."""
+    if torch.isfinite(loss):
+        return loss, 0
+    log.warning("non-finite %s loss in a micro-batch (rows %s); its optimizer step is discarded",
+                what, rows.tolist()[:8])
+    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad), 1
+
+
+def _backward(policy, loss: Tensor, boundary: bool, step_bad: bool, accelerator) -> int:
+    """Backward one micro-batch; at the boundary the optimizer step is discarded when any rank
+    saw a non-finite loss in this step (the ranks agree first). Returns 1 for a discarded step."""
+    if not boundary:
+        policy.backward(loss, boundary=False)
+        kill_point("backward")
+        return 0
+    discard = not all_across_ranks(accelerator, not step_bad)
+    kill_point("before_optimizer")
+    policy.backward(loss, boundary=True, discard=discard)
+    return int(discard)
+
+
 @dataclass(frozen=True)
 class ScaledRegularizer:
     """A regularizer and the coefficient its loss is added with."""
@@ -152,6 +175,7 @@ class UpdateResult:
     first_logprobs: Tensor          # [N, T] trainer logprobs at each row's first forward (~ old policy)
     entropy: Tensor                 # [N, T] entropy at each row's first forward
     nonfinite_skips: int            # micro-batches whose loss was not finite (gradient skipped)
+    applied_steps: int = 0          # optimizer steps taken (a step with a non-finite loss is discarded)
 
 
 @dataclass(frozen=True)
@@ -243,7 +267,7 @@ def policy_update(
     world = accelerator.num_processes
     first_lp, first_ent, seen = torch.zeros(n, t), torch.zeros(n, t), torch.zeros(n, dtype=torch.bool)
     sums: dict[str, Tensor] = {}  # on the model's device: no host sync per micro-batch
-    weight_total, skips, steps = 0.0, 0, 0
+    weight_total, skips, steps, discarded = 0.0, 0, 0, 0
     sft_parts = list(torch.arange(sft.num_rows).tensor_split(mini_batches)) if sft is not None else None
     sft_nll_sum, sft_tokens_seen = 0.0, 0.0
     for _ in range(num_iterations):
@@ -261,6 +285,7 @@ def policy_update(
                              rows=sum_across_ranks(accelerator, float(len(mini))), world=world)
             sft_tokens = (sum_across_ranks(accelerator, float(sft.mask[sft_parts[j]].sum()))
                           if sft_parts is not None else 0.0)
+            step_bad = False  # a non-finite loss on this rank in this optimizer step
             for k, (kind, rows) in enumerate(plan):
                 boundary = k == len(plan) - 1
                 if kind == "sft":  # a demonstration micro-batch: token-mean NLL over the mini-batch's SFT tokens
@@ -268,11 +293,9 @@ def policy_update(
                     loss = nll * (sft_coef * world / max(sft_tokens, 1.0))
                     sft_nll_sum += float(nll.detach())
                     sft_tokens_seen += float(ntok)
-                    if not torch.isfinite(loss):
-                        skips += 1
-                        log.warning("non-finite SFT loss (rows %s); skipping its gradient", rows.tolist()[:8])
-                        loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-                    policy.backward(loss, boundary=boundary)
+                    loss, bad = _finite_or_zero(loss, model, rows, "SFT")
+                    skips, step_bad = skips + bad, step_bad or bad
+                    discarded += _backward(policy, loss, boundary, step_bad, accelerator)
                     sums["train/loss"] = sums.get("train/loss", 0.0) + loss.detach().float()
                     continue
                 fb = forward_batch(batch, rows)
@@ -288,11 +311,11 @@ def policy_update(
                     reg_share = 0.0 if padding else shares.of(reg.term.accumulate, fb.completion_mask)
                     loss = loss + reg.coef * reg_share * extra.loss
                     metrics.update(extra.metrics)
-                if not torch.isfinite(loss):
-                    skips += 1
-                    log.warning("non-finite loss in a micro-batch (rows %s); skipping its gradient", rows.tolist()[:8])
-                    loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-                policy.backward(loss, boundary=boundary)
+                if k == 0 and test_hook("nan_loss"):  # test-only: a NaN loss at a chosen step
+                    loss = loss * float("nan")
+                loss, bad = _finite_or_zero(loss, model, rows, "policy")
+                skips, step_bad = skips + bad, step_bad or bad
+                discarded += _backward(policy, loss, boundary, step_bad, accelerator)
                 new = ~seen[rows]
                 if new.any() and not padding:
                     idx = rows[new]
@@ -311,7 +334,7 @@ def policy_update(
         out_metrics["sft/loss"] = torch.tensor(sum_across_ranks(accelerator, sft_nll_sum) / max(tokens, 1.0))
         out_metrics["sft/rows"] = torch.tensor(sum_across_ranks(accelerator, float(sft.num_rows)))
         out_metrics["sft/truncated"] = torch.tensor(sum_across_ranks(accelerator, float(sft.truncated)))
-    return UpdateResult(out_metrics, first_lp, first_ent, skips)
+    return UpdateResult(out_metrics, first_lp, first_ent, skips, applied_steps=steps - discarded)
 
 
 # ----------------------------------------------------------------------------- weight sync
@@ -325,5 +348,14 @@ def sync_weights(engine, policy) -> float:
     from rlkit.rollout.weight_sync import trainer_weights_for_engine
 
     t0 = time.perf_counter()
-    engine.update_weights(trainer_weights_for_engine(policy.unwrapped()))
+    engine.update_weights(_kill_after_first(trainer_weights_for_engine(policy.unwrapped())))
     return time.perf_counter() - t0
+
+
+def _kill_after_first(named_tensors):
+    """The weights, passed through; the `weight_sync` kill point sits after the first tensor,
+    so a test can cut a run halfway through a sync."""
+    for i, item in enumerate(named_tensors):
+        yield item
+        if i == 0:
+            kill_point("weight_sync")

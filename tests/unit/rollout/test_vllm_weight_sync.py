@@ -30,8 +30,7 @@ GREEDY = SamplingConfig(greedy=True, max_new_tokens=MAX_NEW)
 
 @pytest.fixture(scope="module")
 def fp32_engine(smollm2_path):
-    pytest.importorskip("vllm")
-    from rlkit.rollout.vllm_engine import VLLMEngine
+    from rlkit.rollout.vllm_engine import VLLMEngine  # vLLM is a dependency: a missing one fails
 
     engine = VLLMEngine(smollm2_path, dtype="float32", seed=0, enforce_eager=True,
                         cpu_kvcache_gib=1, max_model_len=512)

@@ -145,7 +145,7 @@ def test_causal_lm_hidden_matches_model_logits(tie):
 
 
 def test_causal_lm_hidden_under_peft_lora():
-    peft = pytest.importorskip("peft")
+    import peft  # a dependency: a missing one fails
     model = _tiny_llama(seed=1)
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
                            init_lora_weights=False)  # random B: the adapter changes the output
