@@ -91,7 +91,7 @@ METHODS = (
     Method("hpt", (*GRPO, "mixing={name: hpt, params: {gamma: 0}}", "data.demo_field=demo"),
            "the share of all-wrong prompts (hpt/switched_frac) falls faster than GRPO's all-wrong share, "
            "held-out accuracy >= GRPO's (unsolved prompts are taught their answer)", watch="hpt/switched_frac"),
-    Method("relift", (*GRPO, "mixing={name: relift, params: {buffer_size: 8, lr: 2e-5}}", "data.demo_field=demo"),
+    Method("relift", (*GRPO, "mixing={name: relift, params: {buffer_size: 8, lr: 2.0e-5}}", "data.demo_field=demo"),
            "held-out accuracy >= GRPO's; all-wrong share falls faster than GRPO's (an SFT step on the 8 "
            "hardest prompts whenever 8 are collected)"),
 )
