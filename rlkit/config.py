@@ -14,6 +14,7 @@ closest valid key:
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -650,7 +651,7 @@ def _raise_config_error(exc: ValidationError) -> None:
 
 
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    return yaml.load(text, Loader=_UniqueKeyLoader) if text != "" else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -701,7 +702,9 @@ class _DuplicateKeyError(yaml.YAMLError):
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key set twice in one mapping (PyYAML keeps the last one
-    silently: `max_steps: 10 ... max_steps: 50` would train 50 steps without a word)."""
+    silently: `max_steps: 10 ... max_steps: 50` would train 50 steps without a word), and
+    reads `2e-5` as a number (YAML 1.1 wants `2.0e-5` and would hand an untyped param, such as
+    `mixing.params.lr`, the string "2e-5")."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -713,6 +716,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                          "YAML would silently keep the second, so say it once")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:

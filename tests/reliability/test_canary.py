@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_a_skipped_sync_raises_the_drift_alarm_at_that_step(tmp_path, engine):
     run = tmp_path / "run"
     proc = launch(run, f"rollout.engine={engine}", "eval.enabled=false", env={"RLKIT_TEST_SKIP_SYNC": "2"})
-    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.returncode != 0, proc.stderr[-3000:]  # the worker exits 3; the launcher reports a failure
     assert "stopped at step 2: the weight-sync canary saw drift" in proc.stderr
     alarms = [json.loads(line) for line in (run / "alarms.jsonl").read_text().splitlines()]
     drift = [a for a in alarms if a["name"] == "weight_sync_drift"]
