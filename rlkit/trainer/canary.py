@@ -3,13 +3,22 @@
 Comparing weights through the sync's own name mapping (`trainer.verify_sync`) cannot catch a
 wrong mapping, and it skips tensors the CPU backend packs. The canary compares *behaviour*:
 a small fixed probe (a few prompts with fixed completions) is scored by the engine (its prompt
-logprobs) and by the trainer (the same chunked path as training), both at temperature 1. The
-mean absolute difference over the probe's tokens must stay near the floor measured right after
-the engine was loaded, when both hold the same weights; above the tolerance the run raises a
-`weight_sync_drift` alarm and, by default, stops with a checkpoint.
+logprobs) and by the trainer (the same chunked path as training), both at temperature 1.
 
-Tolerance: max(`factor` x floor, `min_tolerance` of the dtypes involved). bf16 on either side
-leaves a floor of a few 1e-3 nats; fp32 on both, ~1e-6.
+Drift is judged against two references, so that bf16 noise (which grows as the policy gets
+peakier) is not mistaken for it:
+- the tolerance, max(`factor` x the floor measured right after loading, when both sides hold
+  the same weights, `min_tolerance` of the dtypes involved): a difference below it is noise;
+- the trainer's probe logprobs of the *previous* check: an engine that missed this step's
+  update looks more like the previous weights than the current ones.
+Drift = the difference to the current trainer exceeds the tolerance *and* the difference to
+the previous trainer: the engine serves something closer to the old policy than to the new
+one (a missed sync, or one that updated too few tensors). bf16 on either side leaves a floor
+of about 1e-3 nats on SmolLM2, fp32 on both ~1e-6; the noise grows with the size of the
+probe's logprobs (a collapsing tiny model reached 0.09 nats with a correct sync), which is why
+no absolute threshold alone decides. Not caught: an engine whose weights are wrong but happen
+to sit as close to the new policy as to the old one. Then the run raises a
+`weight_sync_drift` alarm and, by default, stops with a checkpoint.
 """
 
 from __future__ import annotations
@@ -29,13 +38,16 @@ MIN_TOLERANCE = {"bfloat16": 5e-3, "float16": 5e-3, "float32": 1e-4}
 
 @dataclass
 class CanaryCheck:
-    diff: float        # mean |engine - trainer| logprob over the probe's tokens
+    diff: float           # mean |engine - trainer| logprob over the probe's tokens
+    diff_previous: float  # mean |engine - the trainer at the previous check| (inf at the first)
     tolerance: float
     seconds: float
 
     @property
     def drift(self) -> bool:
-        return not self.diff <= self.tolerance  # NaN counts as drift
+        if not self.diff == self.diff:  # NaN counts as drift
+            return True
+        return self.diff > self.tolerance and self.diff > self.diff_previous
 
 
 class SyncCanary:
@@ -49,6 +61,7 @@ class SyncCanary:
         self.completion_ids = [list(c) for c in completion_ids]
         self.min_tolerance, self.factor = min_tolerance, factor
         self.floor: float | None = None
+        self.previous: list[list[float]] | None = None  # the trainer's probe logprobs at the last check
 
     @classmethod
     def from_problems(cls, tokenizer, problems: Sequence, *, chat_template: bool, dtypes: Sequence[str],
@@ -86,12 +99,18 @@ class SyncCanary:
         t0 = time.perf_counter()
         eng = engine.score(self.prompt_ids, self.completion_ids)
         tr = self.trainer_logprobs(model, autocast, chunk_size=chunk_size, pad_id=pad_id)
-        diffs = [abs(a - b) for ea, ta in zip(eng, tr, strict=True) for a, b in zip(ea, ta, strict=True)]
-        diff = sum(diffs) / len(diffs)
+        diff = _mean_abs_diff(eng, tr)
+        diff_prev = float("inf") if self.previous is None else _mean_abs_diff(eng, self.previous)
         if self.floor is None:
             self.floor = diff
-        return CanaryCheck(diff, self.tolerance, time.perf_counter() - t0)
+        self.previous = tr
+        return CanaryCheck(diff, diff_prev, self.tolerance, time.perf_counter() - t0)
 
     @property
     def tolerance(self) -> float:
         return max(self.factor * (self.floor or 0.0), self.min_tolerance)
+
+
+def _mean_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    diffs = [abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)]
+    return sum(diffs) / len(diffs)
