@@ -5,20 +5,19 @@ wrong mapping, and it skips tensors the CPU backend packs. The canary compares *
 a small fixed probe (a few prompts with fixed completions) is scored by the engine (its prompt
 logprobs) and by the trainer (the same chunked path as training), both at temperature 1.
 
-Drift is judged against two references, so that bf16 noise (which grows as the policy gets
-peakier) is not mistaken for it:
-- the tolerance, max(`factor` x the floor measured right after loading, when both sides hold
-  the same weights, `min_tolerance` of the dtypes involved): a difference below it is noise;
-- the trainer's probe logprobs of the *previous* check: an engine that missed this step's
-  update looks more like the previous weights than the current ones.
-Drift = the difference to the current trainer exceeds the tolerance *and* the difference to
-the previous trainer: the engine serves something closer to the old policy than to the new
-one (a missed sync, or one that updated too few tensors). bf16 on either side leaves a floor
-of about 1e-3 nats on SmolLM2, fp32 on both ~1e-6; the noise grows with the size of the
-probe's logprobs (a collapsing tiny model reached 0.09 nats with a correct sync), which is why
-no absolute threshold alone decides. Not caught: an engine whose weights are wrong but happen
-to sit as close to the new policy as to the old one. Then the run raises a
-`weight_sync_drift` alarm and, by default, stops with a checkpoint.
+A fixed threshold on that difference does not work: bf16 leaves a floor that depends on the
+model and grows as the policy gets peakier (0.04 nats on SmolLM2-135M with a bf16 engine,
+0.09 on a collapsing tiny model, both with correct syncs), while one update at a small
+learning rate moves the probe by about as much. So the canary compares *movements* between
+consecutive checks: after a correct sync the engine's probe logprobs move about as much as the
+trainer's did; after a missed one they do not move at all (the same weights score the same
+probe identically). With e = engine - engine at the previous check and t = trainer - trainer
+at the previous check (per token), moved_ratio = mean|e| / mean|t|: near 1 after a correct
+sync (measured 0.6-1.4 with bf16 noise), exactly 0 after a missed one. Drift = moved_ratio <
+`threshold` (0.3) while the trainer moved by more than a quarter of the floor (a step that
+changed nothing cannot tell). A sync that updated only some tensors lands in between. The run
+then raises `weight_sync_drift` and, by default, stops with a checkpoint. Also logged: the
+mismatch mean|e - t| / mean|t| (0 with fp32 on both sides, ~0.6 with bf16 noise, 1 when missed).
 """
 
 from __future__ import annotations
@@ -31,37 +30,40 @@ import torch
 
 from rlkit.trainer.prefix import ForwardBatch, compute_logprobs
 
-__all__ = ["CanaryCheck", "SyncCanary"]
+__all__ = ["MIN_MOVE", "CanaryCheck", "SyncCanary"]
 
-MIN_TOLERANCE = {"bfloat16": 5e-3, "float16": 5e-3, "float32": 1e-4}
+MIN_MOVE = {"bfloat16": 1e-3, "float16": 1e-3, "float32": 1e-6}  # nats; below, a move is noise
 
 
 @dataclass
 class CanaryCheck:
-    diff: float           # mean |engine - trainer| logprob over the probe's tokens
-    diff_previous: float  # mean |engine - the trainer at the previous check| (inf at the first)
-    tolerance: float
+    diff: float       # mean |engine - trainer| logprob over the probe's tokens
+    mismatch: float   # mean |engine move - trainer move| / mean |trainer move| since the last check
+    moved_ratio: float  # mean |engine move| / mean |trainer move| since the last check (1 at the first)
+    moved: float      # mean |trainer move| since the last check (0 at the first)
+    threshold: float
+    min_move: float
     seconds: float
 
     @property
     def drift(self) -> bool:
-        if not self.diff == self.diff:  # NaN counts as drift
+        if not (self.diff == self.diff and self.mismatch == self.mismatch):  # NaN counts as drift
             return True
-        return self.diff > self.tolerance and self.diff > self.diff_previous
+        return self.moved > self.min_move and self.moved_ratio < self.threshold
 
 
 class SyncCanary:
     """A fixed probe and the floor it showed when engine and trainer held the same weights."""
 
-    def __init__(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], *, min_tolerance: float,
-                 factor: float = 4.0) -> None:
+    def __init__(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], *, min_move: float,
+                 threshold: float = 0.3) -> None:
         if not prompt_ids or any(not c for c in completion_ids):
             raise ValueError("the canary probe needs at least one prompt with a non-empty completion")
         self.prompt_ids = [list(p) for p in prompt_ids]
         self.completion_ids = [list(c) for c in completion_ids]
-        self.min_tolerance, self.factor = min_tolerance, factor
-        self.floor: float | None = None
-        self.previous: list[list[float]] | None = None  # the trainer's probe logprobs at the last check
+        self.min_move_dtype, self.threshold = min_move, threshold
+        self.floor: float | None = None  # mean |engine - trainer| at the first check (same weights)
+        self.previous: tuple[list[float], list[float]] | None = None  # (engine, trainer) at the last check
 
     @classmethod
     def from_problems(cls, tokenizer, problems: Sequence, *, chat_template: bool, dtypes: Sequence[str],
@@ -75,8 +77,8 @@ class SyncCanary:
         eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
         completions = [list(tokenizer(f"The answer is {p.answer}.", add_special_tokens=False).input_ids) + eos
                        for p in chosen]
-        tol = max(MIN_TOLERANCE.get(d, MIN_TOLERANCE["bfloat16"]) for d in dtypes)
-        return cls(prompt_ids, completions, min_tolerance=tol)
+        floor = max(MIN_MOVE.get(d, MIN_MOVE["bfloat16"]) for d in dtypes)
+        return cls(prompt_ids, completions, min_move=floor)
 
     @torch.no_grad()
     def trainer_logprobs(self, model, autocast, *, chunk_size: int, pad_id: int) -> list[list[float]]:
@@ -97,20 +99,27 @@ class SyncCanary:
         """Score the probe on both sides; the first call sets the floor (call it when both hold
         the same weights, e.g. right after the engine was loaded or synced)."""
         t0 = time.perf_counter()
-        eng = engine.score(self.prompt_ids, self.completion_ids)
-        tr = self.trainer_logprobs(model, autocast, chunk_size=chunk_size, pad_id=pad_id)
-        diff = _mean_abs_diff(eng, tr)
-        diff_prev = float("inf") if self.previous is None else _mean_abs_diff(eng, self.previous)
+        eng = [x for row in engine.score(self.prompt_ids, self.completion_ids) for x in row]
+        tr = [x for row in self.trainer_logprobs(model, autocast, chunk_size=chunk_size, pad_id=pad_id) for x in row]
+        diff = _mean_abs(a - b for a, b in zip(eng, tr, strict=True))
         if self.floor is None:
             self.floor = diff
-        self.previous = tr
-        return CanaryCheck(diff, diff_prev, self.tolerance, time.perf_counter() - t0)
+        moved, mismatch, ratio = 0.0, 0.0, 1.0
+        if self.previous is not None:
+            peng, ptr = self.previous
+            moved = _mean_abs(a - b for a, b in zip(tr, ptr, strict=True))
+            if moved > 0:
+                gap = _mean_abs((e - pe) - (t - pt) for e, pe, t, pt in zip(eng, peng, tr, ptr, strict=True))
+                mismatch = gap / moved
+                ratio = _mean_abs(a - b for a, b in zip(eng, peng, strict=True)) / moved
+        self.previous = (eng, tr)
+        return CanaryCheck(diff, mismatch, ratio, moved, self.threshold, self.min_move, time.perf_counter() - t0)
 
     @property
-    def tolerance(self) -> float:
-        return max(self.factor * (self.floor or 0.0), self.min_tolerance)
+    def min_move(self) -> float:
+        return max(0.25 * (self.floor or 0.0), self.min_move_dtype)
 
 
-def _mean_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
-    diffs = [abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)]
-    return sum(diffs) / len(diffs)
+def _mean_abs(values) -> float:
+    values = [abs(v) for v in values]
+    return sum(values) / len(values)

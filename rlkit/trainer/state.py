@@ -82,4 +82,4 @@ class StepResult:
     nonfinite_skips: int                 # micro-batches skipped for a non-finite loss, all ranks
     samples: list[Sample] = field(default_factory=list)  # filled on logging.sample_every steps
     sync_max_abs_diff: float | None = None                # trainer.verify_sync: 0.0 = engine exact
-    sync_drift: float | None = None                       # the canary's difference when it saw drift
+    sync_drift: float | None = None                       # the canary's mismatch when it saw drift
