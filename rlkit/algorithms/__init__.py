@@ -10,6 +10,7 @@ from rlkit.algorithms.advantages import (
     get_advantage,
     register_advantage,
 )
+from rlkit.algorithms.hapo import HAPOLoss  # registers the `hapo` loss
 from rlkit.algorithms.losses import (
     AGG_MODES,
     KL_KINDS,
@@ -39,6 +40,7 @@ from rlkit.algorithms.regularizers import (
 )
 
 __all__ = [
+    "HAPOLoss",
     "AGG_MODES",
     "KL_KINDS",
     "LLDS",

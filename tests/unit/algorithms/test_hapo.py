@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rlkit.algorithms.advantages import grpo, hapo_tlga
-from rlkit.algorithms.losses import DAPOLoss, HAPOLoss, LossInputs, hapo
+from rlkit.algorithms.hapo import HAPOLoss, hapo
+from rlkit.algorithms.losses import DAPOLoss, LossInputs
 from rlkit.algorithms.token_weights import entropy_score
 
 F64 = torch.float64
