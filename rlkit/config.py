@@ -418,13 +418,20 @@ class RunConfig(_Section):
 
 
 class RecipeConfig(_Section):
-    run: RunConfig = Field(default_factory=RunConfig)
+    run: RunConfig = Field(default_factory=RunConfig, description="Run name, directory and resumption.")
     model: ModelConfig = Field(..., description="The policy to train; set model.name_or_path (e.g. smollm2-135m).")
-    data: DataConfig = Field(default_factory=DataConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_accuracy")], min_length=1)
-    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="Training and held-out problems.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="Sampling: the engine, batch shape (prompts x group) and decoding."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="math_accuracy")], min_length=1,
+        description="Reward functions, summed with their weights; the first one scores held-out evaluation.",
+    )
+    advantage: AdvantageConfig = Field(
+        default_factory=AdvantageConfig, description="The advantage estimator (docs/algorithms.md)."
+    )
+    loss: LossConfig = Field(default_factory=LossConfig, description="The policy loss (docs/algorithms.md).")
     regularizers: list[RegularizerSpec] = Field(
         default_factory=list, description="Terms added to the policy loss, each with a coefficient (e.g. llds)."
     )
@@ -435,10 +442,16 @@ class RecipeConfig(_Section):
     token_weights: TokenWeightsSpec | None = Field(
         None, description="Per-token weights multiplying the policy loss (e.g. thr: Token Hidden Reward); null = none."
     )
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    trainer: TrainerConfig = Field(
+        default_factory=TrainerConfig, description="Optimizer, schedule, batching, DeepSpeed and checkpoints."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    diagnostics: DiagnosticsConfig = Field(
+        default_factory=DiagnosticsConfig, description="Diagnostics metrics and alarms (docs/diagnostics.md)."
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Where metrics go: metrics.jsonl, TensorBoard, W&B, MLflow."
+    )
 
     @field_validator("rewards")
     @classmethod
