@@ -78,8 +78,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     recipe = REPO_ROOT / "recipes" / "grpo_math.py"
     launch_cfg = REPO_ROOT / "launch" / "accelerate" / args.accelerate_config
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_cfg),
-           "--num_processes", str(args.num_processes), str(recipe), "--config", args.config, *args.overrides]
+    # --num-processes only when given: the accelerate config names its own (zero2_8gpu.yaml: 8)
+    procs = ["--num_processes", str(args.num_processes)] if args.num_processes is not None else []
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_cfg), *procs,
+           str(recipe), "--config", args.config, *args.overrides]
     return subprocess.call(cmd)
 
 
@@ -124,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="run recipes/grpo_math.py under accelerate launch")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="a.b.c=value overrides")
-    t.add_argument("--num-processes", type=int, default=1)
+    t.add_argument("--num-processes", type=int, default=None,
+                   help="processes to launch (default: the accelerate config's num_processes)")
     t.add_argument("--accelerate-config", default="zero2_single.yaml", help="file in launch/accelerate/")
     t.set_defaults(fn=_cmd_train)
 

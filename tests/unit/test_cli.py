@@ -206,6 +206,19 @@ def test_train_bad_config_fails_before_launching(tmp_path, capsys, monkeypatch):
     assert "did you mean 'grpo'?" in capsys.readouterr().err
 
 
+def test_train_takes_the_process_count_from_the_accelerate_config_unless_given(monkeypatch):
+    launched = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    cfg = str(REPO / "recipes" / "configs" / "grpo_math_cpu.yaml")
+    assert main(["train", cfg, "trainer.max_steps=2", "--accelerate-config", "zero2_8gpu.yaml"]) == 0
+    assert main(["train", cfg, "--num-processes", "2", "--accelerate-config", "zero2_multi.yaml"]) == 0
+    first, second = launched
+    assert first[first.index("--config_file") + 1] == str(REPO / "launch" / "accelerate" / "zero2_8gpu.yaml")
+    assert "--num_processes" not in first  # the file's 8
+    assert first[-3:] == ["--config", cfg, "trainer.max_steps=2"]
+    assert second[second.index("--num_processes") + 1] == "2"
+
+
 def test_bench_unknown_name_exits_2(capsys):
     assert main(["bench", "no_such_benchmark"]) == 2
     assert "unknown benchmark 'no_such_benchmark'. Available:" in capsys.readouterr().err
