@@ -193,11 +193,10 @@ def _row(doc: FieldDoc) -> str:
 def _params(registry: Registry, obj: Any) -> str:
     """`name=default` for each param the component accepts (registry's reading of its signature)."""
     sig = registry.signature(obj)
+    # a class: its __init__ and the bases' ones it forwards **kwargs to (the nearest default wins)
+    fns = [k.__dict__["__init__"] for k in obj.__mro__ if "__init__" in k.__dict__] if isinstance(obj, type) else [obj]
     defaults: dict[str, Any] = {}
-    for klass in obj.__mro__ if isinstance(obj, type) else (obj,):
-        fn = klass.__dict__.get("__init__") if isinstance(obj, type) else klass
-        if fn is None:
-            continue
+    for fn in fns:
         for p in inspect.signature(fn).parameters.values():
             if p.default is not inspect.Parameter.empty:
                 defaults.setdefault(p.name, p.default)
