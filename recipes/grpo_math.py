@@ -414,7 +414,8 @@ def _train(cfg: RecipeConfig) -> Path:
         (c.run_dir / "config.yaml").write_text(dump_config(cfg))
     logger = RunLogger(c.run_dir, accelerator=c.accelerator, tensorboard=cfg.logging.tensorboard,
                        trackers=list(cfg.logging.trackers), total_steps=cfg.trainer.max_steps,
-                       progress=cfg.logging.progress, start_step=state.step, config=cfg.model_dump(mode="json"))
+                       progress=cfg.logging.progress, start_step=state.step, config=cfg.model_dump(mode="json"),
+                       project=cfg.logging.project, run_name=cfg.run.name, offline=cfg.logging.offline)
     ev = cfg.eval
     do_eval = ev.enabled and bool(c.eval_problems)
 

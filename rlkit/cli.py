@@ -1,4 +1,4 @@
-"""The `rlkit` command: train | validate | fetch-model | report | bench.
+"""The `rlkit` command: train | validate | config | fetch-model | report | bench.
 
 Heavy libraries (torch, transformers, vLLM) are imported only inside the subcommand that
 needs them, after argument parsing, so `rlkit --help` and config errors answer instantly.
@@ -16,17 +16,44 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from rlkit.config import ConfigError, dump_config, load_config
+def _load(path: str, overrides: list[str]):
+    """The validated config, or None after printing the config error to stderr (exit status 2)."""
+    from rlkit.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        return load_config(path, overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from rlkit.config import dump_config
+
+    cfg = _load(args.config, args.overrides)
+    if cfg is None:
         return 2
     print(f"{args.config}: valid")
     if args.show:
         print(dump_config(cfg))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.doc:
+        if args.overrides:
+            print("rlkit config --doc takes no overrides", file=sys.stderr)
+            return 2
+        from rlkit.config_doc import config_reference_markdown
+
+        sys.stdout.write(config_reference_markdown())
+        return 0
+    from rlkit.config import dump_config
+
+    cfg = _load(args.show, args.overrides)
+    if cfg is None:
+        return 2
+    sys.stdout.write(dump_config(cfg))  # YAML only, so `> resolved.yaml` gives a loadable file
     return 0
 
 
@@ -51,8 +78,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     recipe = REPO_ROOT / "recipes" / "grpo_math.py"
     launch_cfg = REPO_ROOT / "launch" / "accelerate" / args.accelerate_config
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_cfg),
-           "--num_processes", str(args.num_processes), str(recipe), "--config", args.config, *args.overrides]
+    # --num-processes only when given: the accelerate config names its own (zero2_8gpu.yaml: 8)
+    procs = ["--num_processes", str(args.num_processes)] if args.num_processes is not None else []
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_cfg), *procs,
+           str(recipe), "--config", args.config, *args.overrides]
     return subprocess.call(cmd)
 
 
@@ -83,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--show", action="store_true", help="print the resolved config")
     v.set_defaults(fn=_cmd_validate)
 
+    c = sub.add_parser("config", help="print a resolved config as YAML, or the config reference")
+    what = c.add_mutually_exclusive_group(required=True)
+    what.add_argument("--show", metavar="FILE", help="the config FILE with defaults filled and overrides applied")
+    what.add_argument("--doc", action="store_true", help="the config reference, markdown (docs/config.md)")
+    c.add_argument("overrides", nargs="*", help="a.b.c=value overrides (with --show)")
+    c.set_defaults(fn=_cmd_config)
+
     f = sub.add_parser("fetch-model", help="download and convert an embedded model (cached)")
     f.add_argument("name", help="model alias, e.g. smollm2-135m")
     f.set_defaults(fn=_cmd_fetch_model)
@@ -90,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="run recipes/grpo_math.py under accelerate launch")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="a.b.c=value overrides")
-    t.add_argument("--num-processes", type=int, default=1)
+    t.add_argument("--num-processes", type=int, default=None,
+                   help="processes to launch (default: the accelerate config's num_processes)")
     t.add_argument("--accelerate-config", default="zero2_single.yaml", help="file in launch/accelerate/")
     t.set_defaults(fn=_cmd_train)
 

@@ -14,7 +14,9 @@ closest valid key:
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -360,11 +362,53 @@ class DiagnosticsConfig(_Section):
         return names
 
 
+# logging.trackers entry -> the module it imports (the `trackers` extra of pyproject.toml installs both;
+# mlflow-skinny provides the `mlflow` module)
+TRACKER_MODULES = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
 class LoggingConfig(_Section):
     tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
-    trackers: list[Literal["wandb", "mlflow"]] = Field(default_factory=list, description="Extra accelerate trackers.")
+    trackers: list[Literal["wandb", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers fed through accelerate besides metrics.jsonl: "
+        "`wandb` (Weights & Biases), `mlflow`. Each receives the resolved config (flattened to dotted keys), every "
+        "step's metrics, and each diagnostics alarm as the metric `alarm/<name>` = 1 at its step plus the run's "
+        "alarms.jsonl as a file. Needs rlkit's `trackers` extra (pip install -e '.[trackers]'); docs/tracking.md."
+    )
+    project: str = Field(
+        "rlkit", min_length=1, description="W&B project / MLflow experiment the run is filed under; the tracker run "
+        "is named run.name."
+    )
+    offline: bool = Field(
+        False, description="Trackers write only local files and contact no server: W&B runs in offline mode "
+        "(WANDB_MODE=offline; upload later with `wandb sync <run.output_dir>/wandb/offline-run-*`) and MLflow's "
+        "usage telemetry is off. Where they write is the same either way: W&B under <run.output_dir>/wandb, MLflow "
+        "to MLFLOW_TRACKING_URI when set, else to a file store in <run.output_dir>/mlruns."
+    )
     sample_every: int = Field(5, ge=0, description="Write sample completions every k steps (0 = off).")
     progress: bool = Field(True, description="Show a rich progress bar.")
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        # accelerate silently skips a tracker whose package is missing; say so before the run starts.
+        if len(set(names)) != len(names):
+            raise ValueError(f"logging.trackers: got {names}; list each tracker once")
+        for name in names:
+            module = TRACKER_MODULES[name]
+            if not _module_installed(module):
+                raise ValueError(
+                    f"logging.trackers: '{name}' needs the `{module}` package, which is not installed; install "
+                    f"rlkit's trackers extra (pip install -e '.[trackers]') or remove '{name}' from logging.trackers")
+        return names
+
+
+def _module_installed(name: str) -> bool:
+    """Whether `import name` would find the module, without importing it (wandb/mlflow take
+    seconds to import). A None entry in sys.modules marks a module as absent, as in Python."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
 
 
 class RunConfig(_Section):
@@ -374,13 +418,20 @@ class RunConfig(_Section):
 
 
 class RecipeConfig(_Section):
-    run: RunConfig = Field(default_factory=RunConfig)
+    run: RunConfig = Field(default_factory=RunConfig, description="Run name, directory and resumption.")
     model: ModelConfig = Field(..., description="The policy to train; set model.name_or_path (e.g. smollm2-135m).")
-    data: DataConfig = Field(default_factory=DataConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_accuracy")], min_length=1)
-    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="Training and held-out problems.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="Sampling: the engine, batch shape (prompts x group) and decoding."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="math_accuracy")], min_length=1,
+        description="Reward functions, summed with their weights; the first one scores held-out evaluation.",
+    )
+    advantage: AdvantageConfig = Field(
+        default_factory=AdvantageConfig, description="The advantage estimator (docs/algorithms.md)."
+    )
+    loss: LossConfig = Field(default_factory=LossConfig, description="The policy loss (docs/algorithms.md).")
     regularizers: list[RegularizerSpec] = Field(
         default_factory=list, description="Terms added to the policy loss, each with a coefficient (e.g. llds)."
     )
@@ -391,10 +442,16 @@ class RecipeConfig(_Section):
     token_weights: TokenWeightsSpec | None = Field(
         None, description="Per-token weights multiplying the policy loss (e.g. thr: Token Hidden Reward); null = none."
     )
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    trainer: TrainerConfig = Field(
+        default_factory=TrainerConfig, description="Optimizer, schedule, batching, DeepSpeed and checkpoints."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    diagnostics: DiagnosticsConfig = Field(
+        default_factory=DiagnosticsConfig, description="Diagnostics metrics and alarms (docs/diagnostics.md)."
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Where metrics go: metrics.jsonl, TensorBoard, W&B, MLflow."
+    )
 
     @field_validator("rewards")
     @classmethod

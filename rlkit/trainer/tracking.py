@@ -7,6 +7,11 @@ Files in the run directory (the diagnostics report reads them):
 - `alarms.jsonl`: one diagnostics alarm per line
 Metric keys are namespaced: `reward/...`, `rollout/...`, `policy/...`, `train/...`,
 `time/...`, `eval/...`, `diag/...`.
+
+Trackers (`logging.trackers`, docs/tracking.md) get the resolved config flattened to dotted
+keys (`trainer.learning_rate`), the same per-step metrics, and each alarm as the metric
+`alarm/<name>` = 1 at its step plus alarms.jsonl as a file of the tracker run. W&B writes under
+the run directory; MLflow to MLFLOW_TRACKING_URI, else a file store in `<run_dir>/mlruns`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -27,17 +33,70 @@ def _as_float(v) -> float:
         return float("nan")
 
 
+def flatten_config(tree, prefix: str = "") -> dict[str, object]:
+    """A nested config as one level of dotted keys, as trackers want their params:
+    `{"trainer": {"lr": 1e-5}, "rewards": [{"name": "x"}]}` -> `{"trainer.lr": 1e-5, "rewards.0.name": "x"}`.
+    Lists of scalars and empty containers become their JSON text, so W&B and MLflow (which keeps
+    every param as a string) store the same value."""
+    if isinstance(tree, dict) and tree:
+        items = tree.items()
+    elif isinstance(tree, list) and tree and any(isinstance(v, dict | list) for v in tree):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    elif isinstance(tree, dict | list):
+        return {prefix: json.dumps(tree)}
+    else:
+        return {prefix: tree}
+    out: dict[str, object] = {}
+    for key, value in items:
+        out.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def tracker_init_kwargs(trackers: list[str], run_dir: Path, run_name: str) -> dict[str, dict]:
+    """accelerate's `init_trackers(init_kwargs=...)`: each tracker's run is named `run_name`; W&B
+    writes under the run directory and leaves the terminal alone (its console capture would record
+    the progress bar; rlkit's own files hold the logs)."""
+    kwargs: dict[str, dict] = {}
+    if "wandb" in trackers:
+        kwargs["wandb"] = {"name": run_name, "dir": str(run_dir), "settings": {"console": "off"}}
+    if "mlflow" in trackers:
+        kwargs["mlflow"] = {"run_name": run_name}
+    return kwargs
+
+
+def _prepare_tracker_env(trackers: list[str], run_dir: Path, offline: bool) -> None:
+    """Environment the tracker packages read when they start (so before they are imported).
+
+    Offline: W&B's mode comes from WANDB_MODE (an init argument alone still lets its analytics
+    exporter contact the server: seen with wandb 0.31), MLflow's usage telemetry is turned off.
+    MLflow without MLFLOW_TRACKING_URI: a file store in the run directory (MLflow 3 refuses file
+    stores unless MLFLOW_ALLOW_FILE_STORE is set; its default, a SQLite database, needs the full
+    `mlflow` package)."""
+    if offline:
+        os.environ["WANDB_MODE"] = "offline"
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if "mlflow" in trackers:
+        import mlflow
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(uri)
+
+
 class RunLogger:
     """Write metrics from rank 0; a no-op on other ranks."""
 
     def __init__(self, run_dir: Path, *, accelerator=None, tensorboard: bool = True,
                  trackers: list[str] | None = None, total_steps: int = 0, progress: bool = True,
-                 start_step: int = 0, config: dict | None = None):
+                 start_step: int = 0, config: dict | None = None, project: str = "rlkit",
+                 run_name: str | None = None, offline: bool = False):
         self.run_dir = Path(run_dir)
         self.main = accelerator is None or accelerator.is_main_process
         self.accelerator = accelerator if trackers else None
         self._tb = None
         self._progress = None
+        self._alarm_file_attached = False
         if not self.main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +111,10 @@ class RunLogger:
             except ImportError:
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
         if self.accelerator is not None:
-            self.accelerator.init_trackers(self.run_dir.name, config=config or {})
+            _prepare_tracker_env(trackers, self.run_dir, offline)
+            self.accelerator.init_trackers(project, config=flatten_config(config or {}),
+                                           init_kwargs=tracker_init_kwargs(trackers, self.run_dir,
+                                                                           run_name or self.run_dir.name))
         if progress and total_steps:
             from rich.progress import (
                 BarColumn,
@@ -119,10 +181,29 @@ class RunLogger:
                 self._append("samples.jsonl", {"step": step, **row})
 
     def alarm(self, record: dict) -> None:
-        if self.main:
-            self._append("alarms.jsonl", record)
-            log.warning("ALARM %s at step %s: %s -> %s", record.get("name"), record.get("step"),
-                        record.get("message"), record.get("action"))
+        if not self.main:
+            return
+        self._append("alarms.jsonl", record)
+        log.warning("ALARM %s at step %s: %s -> %s", record.get("name"), record.get("step"),
+                    record.get("message"), record.get("action"))
+        if self.accelerator is not None:
+            # A marker on the tracker's charts at the alarm's step (the step's metrics were logged
+            # just before, so W&B's monotonic step accepts it), and the messages as a file.
+            self.accelerator.log({f"alarm/{record['name']}": 1.0}, step=record["step"])
+            self._attach_alarms_file()
+
+    def _attach_alarms_file(self) -> None:
+        """alarms.jsonl as a file of each tracker run: W&B links it once and picks up every change
+        (policy "live"); MLflow copies it, so it is copied again after each alarm."""
+        path = self.run_dir / "alarms.jsonl"
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "wandb" and not self._alarm_file_attached:
+                tracker.tracker.save(str(path), base_path=str(self.run_dir), policy="live")
+            elif tracker.name == "mlflow":
+                import mlflow
+
+                mlflow.log_artifact(str(path))
+        self._alarm_file_attached = True
 
     def close(self) -> None:
         if self._progress is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import yaml
 from rlkit.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ["validate", "fetch-model", "train", "report", "bench"]
+SUBCOMMANDS = ["validate", "config", "fetch-model", "train", "report", "bench"]
 HEAVY = ["torch", "transformers", "vllm", "datasets", "deepspeed", "accelerate", "math_verify"]
 
 # Runs in a fresh interpreter: parse `--help` of the top level and every subcommand through
@@ -129,6 +130,64 @@ def test_validate_console_script_bad_config(tmp_path):
     assert proc.stdout == ""
 
 
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_show_prints_only_the_resolved_yaml(tmp_path, capsys):
+    from rlkit.config import load_config
+
+    cfg = _write(tmp_path, {"model": {"name_or_path": "smollm2-135m"}, "trainer": {"learning_rate": 2e-5},
+                            "rewards": [{"name": "exact_number"}]})
+    assert main(["config", "--show", cfg, "trainer.max_steps=7", "rewards.0.weight=0.5"]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    shown = yaml.safe_load(out.out)  # the whole of stdout is YAML: `> resolved.yaml` is loadable
+    assert shown["trainer"]["max_steps"] == 7  # override
+    assert shown["trainer"]["learning_rate"] == 2e-5  # from the file
+    assert shown["trainer"]["warmup_steps"] == 0 and shown["rollout"]["group_size"] == 8  # defaults filled
+    assert shown["rewards"] == [{"name": "exact_number", "weight": 0.5, "params": {}}]  # list item overridden
+    assert shown["loss"]["class"] is None  # YAML keys, not Python names
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(out.out)
+    assert load_config(resolved) == load_config(cfg, ["trainer.max_steps=7", "rewards.0.weight=0.5"])
+
+
+def test_config_show_bad_config_exits_2_with_message_on_stderr(tmp_path, capsys):
+    cfg = _write(tmp_path, {"model": {"name_or_path": "x"}})
+    assert main(["config", "--show", cfg, "rollout.temprature=0.5"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "config error at rollout.temprature: unknown key; did you mean 'temperature'?" in out.err
+    assert main(["config", "--show", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_config_doc_prints_the_reference(capsys):
+    from rlkit.config_doc import config_reference_markdown
+
+    assert main(["config", "--doc"]) == 0
+    assert capsys.readouterr().out == config_reference_markdown()
+    assert main(["config", "--doc", "trainer.max_steps=3"]) == 2
+    assert "rlkit config --doc takes no overrides" in capsys.readouterr().err
+
+
+def test_config_needs_show_or_doc(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["config"])
+    assert info.value.code == 2
+    assert "one of the arguments --show --doc is required" in capsys.readouterr().err
+
+
+def test_config_show_console_script_bad_config(tmp_path):
+    cfg = _write(tmp_path, {"model": {"name_or_path": "x"}, "trainer": {"zero_stage": 5}})
+    exe = Path(sys.executable).parent / "rlkit"
+    proc = subprocess.run([str(exe), "config", "--show", cfg], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    assert "config error at trainer.zero_stage: got 5" in proc.stderr
+    assert proc.stdout == ""
+
+
 # ----------------------------------------------------------------------------- other commands
 
 
@@ -145,6 +204,19 @@ def test_train_bad_config_fails_before_launching(tmp_path, capsys, monkeypatch):
     cfg = _write(tmp_path, {"model": {"name_or_path": "x"}, "loss": {"name": "grop"}})
     assert main(["train", cfg]) == 2
     assert "did you mean 'grpo'?" in capsys.readouterr().err
+
+
+def test_train_takes_the_process_count_from_the_accelerate_config_unless_given(monkeypatch):
+    launched = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: launched.append(cmd) or 0)
+    cfg = str(REPO / "recipes" / "configs" / "grpo_math_cpu.yaml")
+    assert main(["train", cfg, "trainer.max_steps=2", "--accelerate-config", "zero2_8gpu.yaml"]) == 0
+    assert main(["train", cfg, "--num-processes", "2", "--accelerate-config", "zero2_multi.yaml"]) == 0
+    first, second = launched
+    assert first[first.index("--config_file") + 1] == str(REPO / "launch" / "accelerate" / "zero2_8gpu.yaml")
+    assert "--num_processes" not in first  # the file's 8
+    assert first[-3:] == ["--config", cfg, "trainer.max_steps=2"]
+    assert second[second.index("--num_processes") + 1] == "2"
 
 
 def test_bench_unknown_name_exits_2(capsys):

@@ -469,7 +469,7 @@ def test_shipped_recipe_validates(path):
 
 def test_recipe_glob_is_not_empty():
     # Guards the parametrization above: a moved directory must not turn it into zero tests.
-    assert {"grpo_math_cpu.yaml", "grpo_math_gsm8k.yaml"} <= {p.name for p in RECIPE_YAMLS}
+    assert {"grpo_math_cpu.yaml", "grpo_math_gpu_1.yaml"} <= {p.name for p in RECIPE_YAMLS}
 
 
 # ----------------------------------------------------------------------------- data.sampler

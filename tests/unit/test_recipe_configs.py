@@ -1,0 +1,138 @@
+"""Every shipped recipe YAML validates and the launch command in its header fits it.
+
+Each recipe opens with the command that runs it (`accelerate launch --config_file
+launch/accelerate/X.yaml recipes/grpo_math.py --config recipes/configs/Y.yaml`). Checked here
+without a GPU or the network: the recipe validates (hub ids pass; local paths are checked by
+validation), the command names this very file, the accelerate config exists and parses with
+accelerate's own loader, selects DeepSpeed (the only trainer rlkit builds) with the recipe's
+ZeRO stage, and its process count divides the recipe's prompts per step. GPU recipes also say
+bf16 and vLLM, with a vLLM memory fraction that leaves the trainer room on the same GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import ClusterConfig
+from accelerate.utils import DistributedType
+
+from rlkit.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
+LAUNCH_CONFIGS = sorted((REPO / "launch" / "accelerate").glob("*.yaml"))
+_COMMAND = re.compile(r"accelerate launch (?P<opts>.*?)recipes/grpo_math\.py --config (?P<config>\S+)")
+
+
+def _launch_command(path: Path) -> tuple[str, int | None, str]:
+    """(--config_file, --num_processes or None, --config) of the command in the header comments."""
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip().removesuffix("\\").strip())
+    found = _COMMAND.search(" ".join(header))
+    assert found, f"{path.name}: no `accelerate launch ... recipes/grpo_math.py --config ...` in the header"
+    opts = found["opts"].split()
+    procs = int(opts[opts.index("--num_processes") + 1]) if "--num_processes" in opts else None
+    return opts[opts.index("--config_file") + 1], procs, found["config"]
+
+
+def recipe_problems(path: Path) -> list[str]:
+    """What is wrong between a recipe and the launch command in its header ([] = nothing)."""
+    cfg = load_config(path)  # raises ConfigError on an invalid recipe
+    launch_file, procs, config = _launch_command(path)
+    problems = []
+    if Path(config).name != path.name:
+        problems.append(f"the launch command runs {config}, not this file")
+    launch = REPO / launch_file
+    if not launch.is_file():
+        return [*problems, f"{launch_file} does not exist"]
+    cluster = ClusterConfig.from_yaml_file(str(launch))
+    if cluster.distributed_type != DistributedType.DEEPSPEED:
+        problems.append(f"{launch_file}: distributed_type {cluster.distributed_type}, rlkit trains with DEEPSPEED")
+    if cluster.deepspeed_config.get("zero_stage") != cfg.trainer.zero_stage:
+        problems.append(f"{launch_file}: zero_stage {cluster.deepspeed_config.get('zero_stage')} but "
+                        f"trainer.zero_stage is {cfg.trainer.zero_stage}")
+    n = procs or cluster.num_processes
+    if cfg.rollout.prompts_per_step % n:
+        problems.append(f"rollout.prompts_per_step {cfg.rollout.prompts_per_step} does not divide over {n} processes")
+    if cfg.model.dtype == "bfloat16":  # the GPU recipes (on CPU `auto` picks per machine)
+        if cfg.rollout.engine != "vllm" or cfg.rollout.dtype != "bfloat16":
+            problems.append("a bf16 GPU recipe should roll out with vLLM in bf16")
+        if not 0.2 <= cfg.rollout.gpu_memory_utilization <= 0.6:
+            problems.append(f"rollout.gpu_memory_utilization {cfg.rollout.gpu_memory_utilization}: vLLM shares the "
+                            "GPU with the trainer; keep it in [0.2, 0.6]")
+    return problems
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_recipe_validates_and_fits_its_launch_command(path):
+    assert recipe_problems(path) == []
+
+
+def test_the_recipes_this_suite_expects_are_there():
+    # Guards the parametrization above against a moved directory.
+    names = {p.name for p in RECIPES}
+    assert {"grpo_math_cpu.yaml", "grpo_math_cpu_lora.yaml", "grpo_math_gpu_1.yaml", "grpo_math_gpu_8.yaml"} <= names
+
+
+def test_lora_recipe_differs_from_the_cpu_default_only_in_lora_lr_and_name():
+    # The two are run side by side (step time, held-out accuracy): nothing else may differ.
+    full = load_config(REPO / "recipes/configs/grpo_math_cpu.yaml").model_dump()
+    lora = load_config(REPO / "recipes/configs/grpo_math_cpu_lora.yaml").model_dump()
+    assert lora["model"].pop("lora") == {"r": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    assert full["model"].pop("lora") is None
+    assert (lora["trainer"].pop("learning_rate"), full["trainer"].pop("learning_rate")) == (2e-4, 2e-5)  # 10x
+    assert lora.pop("run") != full.pop("run")  # its own name and output directory
+    assert lora == full
+
+
+@pytest.mark.parametrize("path", LAUNCH_CONFIGS, ids=[p.name for p in LAUNCH_CONFIGS])
+def test_accelerate_config_parses_as_deepspeed(path):
+    cluster = ClusterConfig.from_yaml_file(str(path))  # accelerate's loader: unknown keys and types fail
+    assert cluster.distributed_type == DistributedType.DEEPSPEED
+    assert cluster.deepspeed_config.get("zero_stage") in (0, 1, 2, 3)
+    # precision, batch sizes and clipping come from the recipe (rlkit builds the DeepSpeed plugin)
+    assert cluster.mixed_precision == "no"
+    assert cluster.num_machines == 1 and cluster.num_processes >= 1
+
+
+def test_every_accelerate_config_is_used():
+    # referenced by a recipe's launch command, a launcher script, the CLI, the docs or the other tests
+    texts = [p.read_text() for pattern in ("recipes/configs/*.yaml", "launch/*.sh", "rlkit/cli.py", "docs/*.md",
+                                           "README.md", "tests/**/*.py")
+             for p in REPO.glob(pattern) if p != Path(__file__).resolve()]
+    unused = [p.name for p in LAUNCH_CONFIGS if not any(p.name in t for t in texts)]
+    assert unused == []
+
+
+# ----------------------------------------------------------------------------- the checks can fail
+
+
+def test_a_recipe_that_does_not_fit_its_launch_file_is_reported(tmp_path):
+    raw = yaml.safe_load((REPO / "recipes/configs/grpo_math_gpu_8.yaml").read_text())
+    raw["trainer"]["zero_stage"] = 3
+    raw["rollout"]["prompts_per_step"] = 100  # 100 / 8 processes
+    raw["rollout"]["gpu_memory_utilization"] = 0.9
+    bad = tmp_path / "bad_gpu.yaml"
+    bad.write_text("# Run:   accelerate launch --config_file launch/accelerate/zero2_8gpu.yaml \\\n"
+                   "#            recipes/grpo_math.py --config recipes/configs/grpo_math_gpu_8.yaml\n"
+                   + yaml.safe_dump(raw))
+    assert recipe_problems(bad) == [
+        "the launch command runs recipes/configs/grpo_math_gpu_8.yaml, not this file",
+        "launch/accelerate/zero2_8gpu.yaml: zero_stage 2 but trainer.zero_stage is 3",
+        "rollout.prompts_per_step 100 does not divide over 8 processes",
+        "rollout.gpu_memory_utilization 0.9: vLLM shares the GPU with the trainer; keep it in [0.2, 0.6]",
+    ]
+
+
+def test_a_broken_accelerate_config_does_not_parse(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text((REPO / "launch/accelerate/zero2_single.yaml").read_text().replace("DEEPSPEED", "DEEPSPED"))
+    with pytest.raises(ValueError, match="DEEPSPED"):
+        ClusterConfig.from_yaml_file(str(path))
