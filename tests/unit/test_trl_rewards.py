@@ -162,6 +162,21 @@ def test_text_and_conversational_rewards_mix_in_one_call(problems, batch):
     assert scored.correct.tolist() == [True, False, True, True]  # the first function is the accuracy
 
 
+def test_trl_own_reward_functions_by_import_path(problems, batch):
+    """`trl.rewards` as installed, named in the config like any user function. accuracy_reward
+    reads a `solution` column (here a copy of ground_truth) and math-verify."""
+    problems = [type(p)(p.prompt, p.answer, {**p.fields, "solution": p.fields["ground_truth"]}) for p in problems]
+    fns = _functions({"name": "trl.rewards:accuracy_reward", "conversational": True},
+                     {"name": "trl.rewards:think_format_reward", "conversational": True, "weight": 0.5})
+    scored = score_rollouts(batch, problems, fns)
+    # \boxed{7} vs 7, \boxed{8} vs 7, \boxed{10} vs 10, \boxed{10} vs 10
+    assert scored.columns["trl.rewards:accuracy_reward"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    # starts with <think>...</think>: rows 0, 2, 3; row 1 has no tag
+    assert scored.columns["trl.rewards:think_format_reward"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert scored.rewards.tolist() == [1.5, 0.0, 1.5, 1.5]
+    assert scored.failures == {"trl.rewards:accuracy_reward": 0, "trl.rewards:think_format_reward": 0}
+
+
 def test_what_a_reward_receives(problems, batch, tokenizer):
     text = reward_inputs(batch, problems, conversational=False)
     chat = reward_inputs(batch, problems, conversational=True)
