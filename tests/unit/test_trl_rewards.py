@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from rlkit.config import config_from_dict
 from rlkit.data.datasets import load_problems
@@ -218,3 +220,37 @@ def test_a_reward_cannot_change_the_next_ones_inputs(problems, batch):
     second = RewardFunction("len", reward_len)
     scored = score_rollouts(batch, problems, [RewardFunction("greedy", greedy), second])
     assert scored.columns["len"].tolist() == [-30.0, -4.0, -27.0, -11.0]
+
+
+# ----------------------------------------------------------------------------- docs/from_trl.md
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs/from_trl.md"
+
+
+def test_from_trl_config_validates(tmp_path):
+    """The page's "after" config is a valid recipe (its data file written here; the model is a hub id,
+    checked only when it loads)."""
+    text = re.search(r"```yaml\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
+    raw = yaml.safe_load(text)
+    raw["data"]["path"] = str(tmp_path / raw["data"]["path"])
+    Path(raw["data"]["path"]).write_text(json.dumps(ROWS[0]) + "\n")
+    cfg = config_from_dict(raw)
+    assert cfg.rollout.prompts_per_step * cfg.rollout.group_size == 16 * 1 * 4  # TRL's 64 completions
+    assert [(r.name, r.weight, r.conversational) for r in cfg.rewards] == [
+        ("trl.rewards:accuracy_reward", 1.0, True), ("trl.rewards:think_format_reward", 0.2, True)]
+
+
+def test_from_trl_table_names_real_grpo_config_fields():
+    """Every TRL field in the mapping table's first column is a field of the installed GRPOConfig,
+    except `max_prompt_length`, which the page says TRL 1.16 no longer has."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    table = DOC.read_text().split("## GRPOConfig fields", 1)[1].split("\n## ", 1)[0]
+    named = {name for line in table.splitlines() if line.startswith("| `")
+             for name in re.findall(r"(?<!\()`([a-z_0-9]+)`", line.split("|")[1])}  # not "(`default`)"
+    assert len(named) > 60
+    assert named - fields == {"max_prompt_length"}
