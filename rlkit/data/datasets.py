@@ -209,11 +209,11 @@ def _missing_column(field: str, name: str, row: dict, extra: str = "") -> Missin
     )
 
 
-def row_to_problem(row: dict[str, Any], index: int, cfg: DataConfig, answer_fn: Callable[[str], str | None],
-                   fmt: str) -> Problem:
+def row_to_problem(row: dict[str, Any], index: int, cfg: DataConfig, fmt: str) -> Problem:
     """One dataset row -> Problem (prompt from data.messages_field, data.prompt_template or
     data.prompt_field; answer from data.answer_field, or a chat's trailing assistant turn,
-    read with the answer format). Every error names the row index and the field to set."""
+    read with the answer format `fmt`, a key of ANSWER_FORMATS). Every error names the row
+    index and the field to set."""
     fields = dict(row)
     reference = None
     if cfg.messages_field is not None:
@@ -250,7 +250,7 @@ def row_to_problem(row: dict[str, Any], index: int, cfg: DataConfig, answer_fn: 
     if value is None or str(value).strip() == "":
         raise DataError(f"data.answer_field: row {index} has no answer in {source}; every training problem needs "
                         "one (numbers and strings are both fine)")
-    answer = answer_fn(str(value))
+    answer = ANSWER_FORMATS[fmt](str(value))
     if answer is None:
         raise DataError(
             f"data.answer_format: row {index} has no answer in {source} for format '{fmt}' (it needs "
@@ -261,12 +261,11 @@ def row_to_problem(row: dict[str, Any], index: int, cfg: DataConfig, answer_fn: 
 
 def _rows_to_problems(rows, cfg: DataConfig, limit: int) -> list[Problem]:
     fmt = answer_format_of(cfg)
-    answer_fn = ANSWER_FORMATS[fmt]
     out = []
     for index, row in enumerate(rows):
         if len(out) >= limit:
             break
-        out.append(row_to_problem(dict(row), index, cfg, answer_fn, fmt))
+        out.append(row_to_problem(dict(row), index, cfg, fmt))
     return out
 
 
