@@ -38,9 +38,11 @@ class RunStopped(RuntimeError):
 
 def setup(cfg: RecipeConfig) -> Components:
     """Every part of the run, in dependency order: the accelerator first (it decides the
-    process layout), then the policy (DeepSpeed needs the accelerator), then what the loss
-    declares it needs, then the engine (it reads the same model directory), then data."""
+    process layout), then the data (it needs only the tokenizer, so a data or prompt-length
+    error costs no model load), then the policy (DeepSpeed needs the accelerator), then what
+    the loss declares it needs, then the engine (it reads the same model directory)."""
     import torch
+    from transformers import AutoTokenizer
 
     import rewards as reward_registry
     from rlkit.algorithms.losses import build_loss
@@ -48,7 +50,8 @@ def setup(cfg: RecipeConfig) -> Components:
     from rlkit.algorithms.regularizers import build_regularizer
     from rlkit.algorithms.token_weights import build_token_weighter
     from rlkit.assets import resolve_model
-    from rlkit.data import build_sampler, drop_long_prompts, load_problems
+    from rlkit.data import build_sampler
+    from rlkit.data.datasets import fit_prompt_lengths, load_problems
     from rlkit.diagnostics.alarms import AlarmMonitor
     from rlkit.platform import resolve_dtype
     from rlkit.rollout.engine import build_engine
@@ -70,6 +73,27 @@ def setup(cfg: RecipeConfig) -> Components:
                           f"evenly over {accelerator.num_processes} processes; use a multiple of "
                           f"{accelerator.num_processes}")
     model_path = resolve_model(cfg.model.name_or_path)
+
+    r = cfg.rollout
+    tokenizer = AutoTokenizer.from_pretrained(model_path)  # the engine's, without its weights
+    if r.chat_template and getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(f"rollout.chat_template is true but the tokenizer of {cfg.model.name_or_path} has no chat "
+                          "template; set rollout.chat_template: false to feed prompts as raw text")
+    train_problems, eval_problems = load_problems(cfg.data)  # a DataError is a ConfigError: exit 2, its message
+    # Prompts over data.max_prompt_tokens, or leaving the engine no room for the completion
+    # (they would fail inside it mid-run), are dropped now and counted; all training ones
+    # dropped is an error with the lengths seen.
+    room, max_prompt = r.max_model_len - r.max_new_tokens, cfg.data.max_prompt_tokens
+    train_problems = fit_prompt_lengths(train_problems, tokenizer, chat_template=r.chat_template,
+                                        max_prompt_tokens=max_prompt, room=room, what="training", required=True)
+    eval_problems = fit_prompt_lengths(eval_problems, tokenizer, chat_template=r.chat_template,
+                                       max_prompt_tokens=max_prompt, room=room, what="evaluation", required=False)
+    if cfg.data.demo_field is not None:
+        try:
+            check_demo_field(train_problems, cfg.data.demo_field)
+        except ValueError as exc:  # a column the data does not have: say which ones it has
+            raise ConfigError(str(exc)) from None
+
     policy = build_policy(accelerator, model_path, cfg.model, cfg.trainer)
 
     loss_fn = build_loss(cfg.loss.target, **cfg.loss.params)
@@ -85,30 +109,12 @@ def setup(cfg: RecipeConfig) -> Components:
         teacher = load_teacher(resolve_model(cfg.model.teacher_model), policy.unwrapped(), model_path)
         teacher.to(accelerator.device)
 
-    r = cfg.rollout
     engine = build_engine(
         r.engine, model_path, dtype=resolve_dtype(r.dtype), seed=cfg.trainer.seed, chat_template=r.chat_template,
         max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
         cpu_kvcache_gib=r.cpu_kvcache_gib, enforce_eager=r.enforce_eager,
         distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None,
     )
-    if r.chat_template and getattr(engine.tokenizer, "chat_template", None) is None:
-        raise ConfigError(f"rollout.chat_template is true but the tokenizer of {cfg.model.name_or_path} has no chat "
-                          "template; set rollout.chat_template: false to feed prompts as raw text")
-    train_problems, eval_problems = load_problems(cfg.data)
-    # A prompt that leaves no room for the completion would fail inside the engine mid-run:
-    # drop such prompts now, and say how many.
-    room = r.max_model_len - r.max_new_tokens
-    train_problems = drop_long_prompts(train_problems, engine.tokenizer, r.chat_template, room, "training")
-    eval_problems = drop_long_prompts(eval_problems, engine.tokenizer, r.chat_template, room, "evaluation")
-    if not train_problems:
-        raise ConfigError(f"rollout.max_model_len: every training prompt is longer than max_model_len - "
-                          f"max_new_tokens = {room} tokens; raise rollout.max_model_len or shorten the prompts")
-    if cfg.data.demo_field is not None:
-        try:
-            check_demo_field(train_problems, cfg.data.demo_field)
-        except ValueError as exc:  # a column the data does not have: say which ones it has
-            raise ConfigError(str(exc)) from None
     d = cfg.diagnostics
     return Components(
         run_dir=Path(cfg.run.output_dir), accelerator=accelerator, policy=policy, loss_fn=loss_fn,
@@ -125,7 +131,8 @@ def setup(cfg: RecipeConfig) -> Components:
         sampler=build_sampler(cfg.data.sampler.name, cfg.data.sampler.params, num_items=len(train_problems),
                               seed=cfg.data.seed),
         reward_fns=tuple(RewardFunction(s.name, reward_registry.get_reward(s.name), s.weight, dict(s.params),
-                                        timeout_s=r.reward_timeout_s) for s in cfg.rewards),
+                                        timeout_s=r.reward_timeout_s, conversational=s.conversational)
+                         for s in cfg.rewards),
         monitor=AlarmMonitor(entropy_collapse_frac=d.entropy_collapse_frac, zero_adv_frac=d.zero_adv_frac,
                              grad_z_threshold=d.grad_z_threshold, window=d.window, warmup=d.warmup,
                              reward_rise_tol=d.reward_rise_tol, converged_frac=d.converged_frac),

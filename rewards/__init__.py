@@ -1,9 +1,19 @@
 """Reward functions: one registry, one calling convention.
 
-Every reward is a plain function `fn(prompts, completions, **row_fields) -> list[float | None]`
-(the signature TRL uses, so TRL reward functions work unchanged). `row_fields` carries the
-dataset columns of each row as lists aligned with `completions` (e.g. `answer=[...]`).
-`None` means "no opinion" (counted as 0 in the sum, and counted in the logs).
+Every reward is a plain function `fn(prompts, completions, **row_fields) -> list[float | None]`,
+called with keyword arguments only, as TRL's GRPOTrainer calls its reward functions, so a TRL
+reward (`fn(completions, **kwargs)` or `fn(prompts, completions, **kwargs)`) runs unchanged.
+Each argument is a list with one entry per completion (`rlkit.trainer.collect.reward_inputs`):
+
+- `prompts`, `completions`: text by default (the templated prompt the engine saw, the
+  completion's text); with `conversational: true` in the reward's YAML entry, TRL's
+  conversational form: message lists, and `[{"role": "assistant", "content": text}]` per
+  completion;
+- `completion_ids` (generated token ids), `completion_lengths`, `answer` (the reference,
+  read with data.answer_format) and every other dataset column of the row.
+
+`None` means "no opinion" (counted as 0 in the sum, and counted in the logs). TRL's
+`trainer_state`, `log_extra` and `log_metric` are not passed (docs/from_trl.md).
 
 Register with `@register_reward("name")`; a recipe names it in YAML, or points at any
 function with `pkg.module:function`.

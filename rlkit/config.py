@@ -88,12 +88,37 @@ class DataConfig(_Section):
     path: str | None = Field(None, description="Dataset path (jsonl/parquet file, local dataset dir, or hub id).")
     split: str = Field("train", description="Split to train on.")
     eval_split: str | None = Field("test", description="Split for held-out evaluation (datasets with splits).")
-    prompt_field: str = Field("question", description="Column holding the problem text.")
-    answer_field: str = Field("answer", description="Column holding the reference answer.")
-    prompt_template: str = Field(
-        "{question}", description="Python format string applied to a row to build the user message."
+    prompt_field: str = Field("question", description="Column holding the problem text (text rows).")
+    answer_field: str = Field(
+        "answer", description="Column holding the reference answer; chat rows without it take the answer from "
+        "their trailing assistant turn (docs/data.md)."
     )
-    system_prompt: str | None = Field(None, description="Optional system message.")
+    answer_format: Literal["raw", "gsm8k", "boxed"] | None = Field(
+        None, description="How the reference answer is read from data.answer_field: `raw` (the column as it is), "
+        "`gsm8k` (the text after the last '#### ', commas removed), `boxed` (the content of the last \\boxed{...}, "
+        "nested braces matched: MATH solutions). null = `gsm8k` for data.name gsm8k, else `raw`. A row where the "
+        "format finds no answer is an error naming the row."
+    )
+    prompt_template: str | None = Field(
+        None, description="Python format string applied to a row to build the user message, e.g. "
+        "'{question} Answer with a number.' (its fields are column names); null = the data.prompt_field column as it is."
+    )
+    messages_field: str | None = Field(
+        None, description="Column holding each row as a chat (a list of {role, content}); null = text rows. The "
+        "prompt is the conversation up to and including its last user turn; a trailing assistant turn is the "
+        "row's reference (field `demo`, and the answer when the row has no data.answer_field column). Needs "
+        "rollout.chat_template: true."
+    )
+    system_prompt: str | None = Field(
+        None, description="System message put before every prompt (text rows, chat rows that have no system turn of "
+        "their own, and the arithmetic task). Needs rollout.chat_template: true."
+    )
+    max_prompt_tokens: int | None = Field(
+        None, gt=0, description="Drop prompts longer than this many tokens (as the engine sees them, chat template "
+        "included), counted in a warning. Applied with the tokenizer alone, before any model weights load; every "
+        "training prompt dropped is an error naming the shortest and longest lengths. null = no limit (prompts "
+        "longer than rollout.max_model_len - rollout.max_new_tokens are dropped either way)."
+    )
     num_train: int = Field(10_000, gt=0, description="Training prompts to draw (arithmetic) or cap (datasets).")
     num_eval: int = Field(200, ge=0, description="Held-out problems for greedy evaluation.")
     min_operand: int = Field(0, description="Arithmetic task: smallest operand.")
@@ -135,6 +160,14 @@ class DataConfig(_Section):
     def _needs_path(self) -> DataConfig:
         if self.name in ("jsonl", "parquet", "hub") and not self.path:
             raise ValueError(f"data.path is required when data.name is '{self.name}'")
+        if self.name == "arithmetic":
+            for key in ("messages_field", "answer_format", "prompt_template"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"data.{key}: applies to dataset rows; data.name 'arithmetic' generates its "
+                                     "prompts and answers (set data.name to jsonl, parquet, gsm8k, math or hub)")
+        if self.messages_field is not None and self.prompt_template is not None:
+            raise ValueError("data.prompt_template: applies to text rows; with data.messages_field set the prompt is "
+                             "the row's conversation. Remove one of the two")
         if self.max_operand < self.min_operand:
             raise ValueError(
                 f"data.max_operand ({self.max_operand}) must be >= data.min_operand ({self.min_operand})"
@@ -197,6 +230,11 @@ class RewardSpec(_Section):
     weight: float = Field(1.0, description="Coefficient in the summed reward.")
     params: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the function (checked against its signature)."
+    )
+    conversational: bool = Field(
+        False, description="Call the function with TRL's conversational format: `prompts` as message lists, "
+        "`completions` as [[{'role': 'assistant', 'content': text}], ...] (what a TRL reward written for chat data "
+        "reads with completion[0]['content']). false: both as text (docs/from_trl.md). Needs rollout.chat_template."
     )
 
 
@@ -550,6 +588,26 @@ class RecipeConfig(_Section):
         if self.model.teacher_model is not None and not kd:
             raise ValueError("model.teacher_model: set, but nothing uses a teacher; add a kdrl regularizer "
                              "(regularizers: [{name: kdrl, coef: 0.005}]) or remove the field")
+
+    @model_validator(mode="after")
+    def _chats_need_the_template(self) -> RecipeConfig:
+        # Without the chat template a prompt is raw text: there is no place for a system message,
+        # a conversation, or a message-shaped prompt handed to a reward.
+        if self.rollout.chat_template:
+            return self
+        fix = "set rollout.chat_template: true"
+        if self.data.messages_field is not None:
+            raise ValueError(f"data.messages_field: chat rows are rendered with the tokenizer's chat template, and "
+                             f"rollout.chat_template is false; {fix}, or read text rows with data.prompt_field")
+        if self.data.system_prompt is not None:
+            raise ValueError(f"data.system_prompt: a system message is part of the chat template, and "
+                             f"rollout.chat_template is false; {fix}, or put the instruction in data.prompt_template")
+        for i, spec in enumerate(self.rewards):
+            if spec.conversational:
+                raise ValueError(f"rewards.{i}.conversational: message-shaped prompts and completions need the chat "
+                                 f"template, and rollout.chat_template is false; {fix}, or set "
+                                 f"rewards.{i}.conversational: false (text)")
+        return self
 
     @model_validator(mode="after")
     def _local_paths_exist(self) -> RecipeConfig:

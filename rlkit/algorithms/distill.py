@@ -18,6 +18,7 @@ arXiv 2506.07527 (code TheRoadQaQ/ReLIFT), HPT arXiv 2509.04419 (code TsinghuaC3
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 
 import torch
@@ -85,9 +86,11 @@ def hard_prompts(correct_counts: Sequence[int], has_demo: Sequence[bool]) -> lis
     return [c == 0 and d for c, d in zip(correct_counts, has_demo, strict=True)]
 
 
-def prompt_fingerprint(prompt: str) -> str:
-    """A short stable digest of a prompt: a buffered index must still name the same problem."""
-    return hashlib.sha1(prompt.encode()).hexdigest()[:12]
+def prompt_fingerprint(prompt: str | list[dict[str, str]]) -> str:
+    """A short stable digest of a prompt (text, or a chat as its JSON): a buffered index must
+    still name the same problem."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 class ReliftBuffer:

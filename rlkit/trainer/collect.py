@@ -27,7 +27,8 @@ from rlkit.trainer.distributed import mean_across_ranks, rank_shard
 log = logging.getLogger(__name__)
 
 __all__ = ["Collected", "RewardFunction", "ScoredRollouts", "collect_rollouts", "compute_advantages", "evaluate",
-           "informative_groups", "nonfinite_rows", "pass_at_k", "rollout_metrics", "score_rollouts", "seed_rollout"]
+           "informative_groups", "nonfinite_rows", "pass_at_k", "reward_inputs", "rollout_metrics", "score_rollouts",
+           "seed_rollout"]
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -40,19 +41,20 @@ class RewardFunction:
     weight: float = 1.0
     params: dict = field(default_factory=dict)
     timeout_s: float | None = None  # a call running longer fails (rows scored 0, counted)
+    conversational: bool = False    # TRL's conversational format: prompts and completions as messages
 
 
-def _call_with_timeout(fn: Callable[..., list], timeout_s: float | None, *args, **kwargs) -> list:
-    """fn(*args, **kwargs), or TimeoutError after `timeout_s`. A Python call cannot be killed:
+def _call_with_timeout(fn: Callable[..., list], timeout_s: float | None, kwargs: dict) -> list:
+    """fn(**kwargs), or TimeoutError after `timeout_s`. A Python call cannot be killed:
     a hung one is left running in a daemon thread (it dies with the process) and the step
     goes on without it."""
     if timeout_s is None:
-        return fn(*args, **kwargs)
+        return fn(**kwargs)
     out: dict = {}
 
     def run() -> None:
         try:
-            out["value"] = fn(*args, **kwargs)
+            out["value"] = fn(**kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's guard
             out["error"] = exc
 
@@ -91,24 +93,53 @@ class ScoredRollouts:
         )
 
 
-def score_rollouts(batch: RolloutBatch, problems: Sequence[Problem], reward_fns: Sequence[RewardFunction]) -> ScoredRollouts:
-    """Call every reward function once on the whole batch; a failing function is logged,
-    counted, and contributes 0 instead of stopping the run."""
+# What rlkit itself passes to a reward; a dataset column of the same name is not passed (TRL
+# likewise drops its `prompt`, `completion` and `completion_ids` columns).
+_CALL_KEYS = frozenset({"prompts", "completions", "completion_ids", "completion_lengths"})
+
+
+def reward_inputs(batch: RolloutBatch, problems: Sequence[Problem], *, conversational: bool) -> dict[str, list]:
+    """The keyword arguments of one reward call, one list entry per completion (N = B*G):
+
+    - `prompts`: text (conversational=False): the templated prompt the engine conditioned on;
+      messages (True): the prompt as a message list, a text prompt wrapped as one user turn
+      (with data.system_prompt it already is a list).
+    - `completions`: the text, or TRL's conversational form [{"role": "assistant", "content": text}].
+    - `completion_ids`: the generated token ids (unpadded), as TRL passes them.
+    - `completion_lengths`, `answer` (the reference read by data.answer_format) and every other
+      dataset column of the row (`row_fields`).
+    """
     g = batch.group_size
     rows = [problems[i // g] for i in range(len(batch.completion_texts))]  # row -> its problem
-    prompts = [batch.prompt_texts[i // g] for i in range(len(rows))]
-    fields: dict[str, list] = {"answer": [p.answer for p in rows]}
-    for key in sorted({k for p in rows for k in p.fields}):
-        if key not in fields:
-            fields[key] = [p.fields.get(key) for p in rows]
-    fields["completion_lengths"] = batch.completion_lengths.tolist()
-    n = len(rows)
+    fields: dict[str, list] = {}
+    for key in sorted({k for p in rows for k in p.fields} - _CALL_KEYS):
+        fields[key] = [p.fields.get(key) for p in rows]
+    fields["answer"] = [p.answer for p in rows]
+    if conversational:
+        prompts: list = [[{"role": "user", "content": p.prompt}] if isinstance(p.prompt, str) else list(p.prompt)
+                         for p in rows]
+        completions: list = [[{"role": "assistant", "content": text}] for text in batch.completion_texts]
+    else:
+        prompts = [batch.prompt_texts[i // g] for i in range(len(rows))]
+        completions = list(batch.completion_texts)
+    ids = [row[mask].tolist() for row, mask in zip(batch.completion_ids, batch.completion_mask, strict=True)]
+    return {"prompts": prompts, "completions": completions, "completion_ids": ids,
+            "completion_lengths": batch.completion_lengths.tolist(), **fields}
+
+
+def score_rollouts(batch: RolloutBatch, problems: Sequence[Problem], reward_fns: Sequence[RewardFunction]) -> ScoredRollouts:
+    """Call every reward function once on the whole batch, all arguments by keyword (so TRL's
+    `fn(completions, **kwargs)` works as well as rlkit's `fn(prompts, completions, **kw)`);
+    a failing function is logged, counted, and contributes 0 instead of stopping the run."""
+    n = len(batch.completion_texts)
     total = torch.zeros(n)
     columns, failures, missing = {}, {}, {}
     for rf in reward_fns:
+        # built per call: a reward that edits its lists in place cannot change the next one's
+        # inputs; a param named like a column is the param (settings win over data)
+        kwargs = {**reward_inputs(batch, problems, conversational=rf.conversational), **rf.params}
         try:
-            values = _call_with_timeout(rf.fn, rf.timeout_s, prompts, list(batch.completion_texts), **fields,
-                                        **rf.params)
+            values = _call_with_timeout(rf.fn, rf.timeout_s, kwargs)
             if len(values) != n:
                 raise ValueError(f"returned {len(values)} values for {n} completions")
             # inside the guard: a reward returning strings fails here, not later in the step

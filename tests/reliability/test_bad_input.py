@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -277,3 +278,47 @@ def test_26_an_exponent_without_a_dot_is_a_number_not_a_string(tmp_path):
     path.write_text(BASE + "data: {demo_field: demo}\nmixing: {name: relift, params: {lr: 2e-5}}\n")
     assert load_config(path).mixing.params["lr"] == 2e-5
     assert load_config(path, ["mixing.params.lr=3e-6"]).mixing.params["lr"] == 3e-6
+
+
+# ----------------------------------------------------------------------------- local data, chats, lengths
+
+
+def test_27_a_jsonl_file_whose_columns_do_not_match_the_mapping_names_the_field_to_set(tmp_path):
+    rows = [{"problem": "1+1", "solution": "2"}]
+    with pytest.raises(ConfigError) as info:  # a DataError: the recipe prints it and exits 2
+        load_problems(_jsonl_config(tmp_path, rows, prompt_field="problem"))
+    assert str(info.value) == ("data.answer_field: the rows have no column 'answer'; dataset rows have columns "
+                               "['problem', 'solution']; set data.answer_field to one of them")
+
+
+def test_28_a_chat_row_without_a_user_turn_names_its_row_and_the_field(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]},
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "2"}]}]
+    with pytest.raises(ConfigError, match=r"^data.messages_field: row 1, column 'messages' has no user turn "
+                                          r"\(roles: \['system', 'assistant'\]\)"):
+        load_problems(_jsonl_config(tmp_path, rows, messages_field="messages"))
+
+
+def test_29_an_answer_format_that_finds_no_answer_names_the_row(tmp_path):
+    rows = [{"question": "q0", "answer": "so \\boxed{3}"}, {"question": "q1", "answer": "it is 4"}]
+    with pytest.raises(ConfigError, match=r"^data.answer_format: row 1 has no answer in column 'answer' for format "
+                                          r"'boxed' \(it needs a \\boxed\{...\}\)"):
+        load_problems(_jsonl_config(tmp_path, rows, answer_format="boxed"))
+
+
+def test_30_every_prompt_filtered_out_by_length_stops_before_any_weights_load(tmp_path):
+    # weights that cannot be read: a run that loaded them before checking the data would fail
+    # with a safetensors error instead of the data message
+    model = tmp_path / "unreadable_weights"
+    shutil.copytree(tiny_model_dir(), model)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    proc = launch(tmp_path / "run", "rollout.engine=hf", f"model.name_or_path={model}", "data.max_prompt_tokens=5")
+    assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]  # the worker's: config error
+    assert re.search(r"data.max_prompt_tokens: all \d+ training prompts are longer than 5 tokens \(shortest \d+, "
+                     r"longest \d+ tokens, chat template included\); raise data.max_prompt_tokens", proc.stderr)
+    assert "safetensors" not in proc.stderr.lower()
+
+
+def test_31_a_system_prompt_without_the_chat_template(tmp_path):
+    msg = _config_error(tmp_path, BASE + "data: {system_prompt: Be brief.}\nrollout: {chat_template: false}\n")
+    assert "config error at data.system_prompt: a system message is part of the chat template" in msg

@@ -10,8 +10,8 @@ from rlkit.config import DataConfig
 from rlkit.data.datasets import (
     ARITHMETIC_TEMPLATE,
     PromptSampler,
-    _gsm8k_answer,
     arithmetic_problems,
+    gsm8k_answer,
     load_problems,
 )
 
@@ -109,8 +109,8 @@ def test_missing_column_names_the_config_field(isolated_hf_cache):
     with pytest.raises(KeyError) as info:
         load_problems(DataConfig(name="jsonl", path=str(path), num_eval=0))
     msg = str(info.value)
-    assert "dataset rows have columns ['answer', 'problem']" in msg
-    assert "set data.prompt_field / data.answer_field (now 'question' / 'answer')" in msg
+    assert msg.startswith("data.prompt_field: the rows have no column 'question'; ")
+    assert "dataset rows have columns ['answer', 'problem']; set data.prompt_field to one of them" in msg
 
 
 def test_file_smaller_than_holdout_is_an_error(isolated_hf_cache):
@@ -129,7 +129,7 @@ def test_file_smaller_than_holdout_is_an_error(isolated_hf_cache):
     ],
 )
 def test_gsm8k_answer_extraction(solution, expected):
-    assert _gsm8k_answer(solution) == expected
+    assert gsm8k_answer(solution) == expected
 
 
 # ----------------------------------------------------------------------------- sampler
