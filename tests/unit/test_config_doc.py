@@ -135,7 +135,7 @@ def test_hand_checked_rows(reference):
     assert _cells(reference, "trainer.zero_stage")[1:3] == ["0 | 1 | 2 | 3", "2"]
     assert _cells(reference, "model.dtype")[1:3] == ['"auto" | "float32" | "bfloat16" | "float16"', '"auto"']
     assert _cells(reference, "rewards")[1:4] == [
-        "list[section]", '[{"name": "math_accuracy", "weight": 1.0, "params": {}}]', "length >= 1"]
+        "list[section]", '[{"name": "math_accuracy", "weight": 1.0, "params": {}, "conversational": false}]', "length >= 1"]
     assert _cells(reference, "loss.class")[1:3] == ["str | None", "null"]  # by its YAML alias
     assert _cells(reference, "logging.trackers")[1:3] == ['list["wandb" | "mlflow"]', "[]"]
     assert _cells(reference, "trainer.adam_betas")[1:3] == ["tuple[float, float]", "[0.9, 0.99]"]
