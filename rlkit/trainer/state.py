@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # heavy imports only for the annotations
     from rlkit.algorithms.token_weights import TokenWeighter
     from rlkit.data import Problem, Sampler
     from rlkit.diagnostics.alarms import AlarmMonitor
-    from rlkit.rollout.engine import RolloutEngine
+    from rlkit.rollout.engine import Prompt, RolloutEngine
     from rlkit.rollout.types import SamplingConfig
     from rlkit.trainer.canary import SyncCanary
     from rlkit.trainer.collect import RewardFunction
@@ -69,7 +69,7 @@ class RunState:
 class Sample:
     """One logged completion (first row of each group)."""
 
-    prompt: str
+    prompt: Prompt       # as the problem holds it: a user message, or a chat (list of messages)
     completion: str
     reward: float
 
