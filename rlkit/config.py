@@ -1,4 +1,5 @@
-"""Typed recipe configuration: pydantic models, YAML loading, `a.b=c` overrides, clear errors.
+"""Typed recipe configuration: pydantic models, cross-field checks, clear errors (YAML reading
+and `a.b=c` overrides: `rlkit/config_yaml.py`).
 
 A recipe YAML maps one-to-one onto `RecipeConfig`. Every field is documented once, here.
 Validation happens once, at load time; the rest of rlkit receives plain typed objects and
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -23,11 +23,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlkit.config_yaml import ConfigError, apply_overrides, read_yaml_mapping
 from rlkit.registry import Registry, UnknownNameError
 
-
-class ConfigError(ValueError):
-    """A recipe config is invalid. The message is meant for the user, verbatim."""
+__all__ = ["ConfigError", "RecipeConfig", "apply_overrides", "config_from_dict", "dump_config", "load_config"]
 
 
 class _Section(BaseModel):
@@ -765,44 +764,6 @@ def _raise_config_error(exc: ValidationError) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader) if text != "" else ""
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (values parsed as YAML scalars/lists) to a raw dict."""
-    for item in overrides:
-        try:
-            _apply_override(raw, item)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{item}': the value is not valid YAML: {exc}") from None
-        except (IndexError, ValueError, TypeError, KeyError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"override '{item}' does not fit the config's structure: {exc}") from None
-    return raw
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override '{item}' is not of the form a.b.c=value")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    node: Any = raw
-    for part in parts[:-1]:
-        if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict | list):
-            raise ConfigError(f"override '{key}': '{part}' is not a section")
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = _parse_scalar(value)
-    else:
-        node[last] = _parse_scalar(value)
-
-
 def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
     try:
         return RecipeConfig.model_validate(raw)
@@ -811,46 +772,9 @@ def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
         raise  # unreachable
 
 
-class _DuplicateKeyError(yaml.YAMLError):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key set twice in one mapping (PyYAML keeps the last one
-    silently: `max_steps: 10 ... max_steps: 50` would train 50 steps without a word), and
-    reads `2e-5` as a number (YAML 1.1 wants `2.0e-5` and would hand an untyped param, such as
-    `mixing.params.lr`, the string "2e-5")."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _DuplicateKeyError(f"duplicate key '{key}' at lines {seen[key]} and {line}; "
-                                         "YAML would silently keep the second, so say it once")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
     """Load a recipe YAML, apply overrides, validate. Raises ConfigError with a readable message."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no code runs
-    except _DuplicateKeyError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    return config_from_dict(apply_overrides(read_yaml_mapping(path), overrides or []))
 
 
 def dump_config(cfg: RecipeConfig) -> str:
