@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from datafiles import write_jsonl
 
 from rlkit.config import DataConfig
 from rlkit.data.datasets import (
@@ -49,25 +50,11 @@ def test_arithmetic_train_and_eval_use_different_streams():
 # ----------------------------------------------------------------------------- local files
 
 
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-def isolated_hf_cache(tmp_path, monkeypatch):
-    """Keep `datasets`' arrow cache out of ~/.cache and refuse the hub."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path
 
 
 def test_jsonl_through_datasets(isolated_hf_cache):
     rows = [{"q": f"{i} + 1", "sol": i + 1, "level": i % 2} for i in range(10)]
-    path = _write_jsonl(isolated_hf_cache / "train.jsonl", rows)
+    path = write_jsonl(isolated_hf_cache / "train.jsonl", rows)
     cfg = DataConfig(
         name="jsonl",
         path=str(path),
@@ -86,7 +73,7 @@ def test_jsonl_through_datasets(isolated_hf_cache):
 
 def test_jsonl_without_template_uses_prompt_field_and_caps_num_train(isolated_hf_cache):
     rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)]
-    path = _write_jsonl(isolated_hf_cache / "t.jsonl", rows)
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", rows)
     train, evals = load_problems(DataConfig(name="jsonl", path=str(path), num_eval=0, num_train=4))
     assert [p.prompt for p in train] == ["q0", "q1", "q2", "q3"]
     assert [p.answer for p in train] == ["a0", "a1", "a2", "a3"]
@@ -105,7 +92,7 @@ def test_parquet_through_datasets(isolated_hf_cache):
 
 
 def test_missing_column_names_the_config_field(isolated_hf_cache):
-    path = _write_jsonl(isolated_hf_cache / "t.jsonl", [{"problem": "1+1", "answer": "2"}])
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", [{"problem": "1+1", "answer": "2"}])
     with pytest.raises(KeyError) as info:
         load_problems(DataConfig(name="jsonl", path=str(path), num_eval=0))
     msg = str(info.value)
@@ -114,7 +101,7 @@ def test_missing_column_names_the_config_field(isolated_hf_cache):
 
 
 def test_file_smaller_than_holdout_is_an_error(isolated_hf_cache):
-    path = _write_jsonl(isolated_hf_cache / "t.jsonl", [{"question": "x", "answer": "1"}] * 2)
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", [{"question": "x", "answer": "1"}] * 2)
     with pytest.raises(ValueError, match="produced no training problems"):
         load_problems(DataConfig(name="jsonl", path=str(path), num_eval=5))
 

@@ -7,10 +7,10 @@ tokenizer is SmolLM2's (the tiny test model carries it), so token counts are rea
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
+from datafiles import write_jsonl
 
 from rlkit.config import ConfigError, DataConfig, config_from_dict
 from rlkit.data.datasets import (
@@ -26,22 +26,6 @@ from rlkit.data.datasets import (
     split_chat,
     with_system_prompt,
 )
-
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    """Keep `datasets`' arrow cache out of ~/.cache and refuse the hub."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +101,8 @@ MATH_ROWS = [
 ]
 
 
-def test_gsm8k_style_jsonl(data_dir):
-    path = _write_jsonl(data_dir / "gsm8k.jsonl", GSM8K_ROWS)
+def test_gsm8k_style_jsonl(isolated_hf_cache):
+    path = write_jsonl(isolated_hf_cache / "gsm8k.jsonl", GSM8K_ROWS)
     train, evals = load_problems(DataConfig(name="jsonl", path=str(path), answer_format="gsm8k", num_eval=1))
     assert [p.answer for p in train] == ["72", "2000"]   # '####' read, comma dropped
     assert [p.answer for p in evals] == ["-3"]           # the file's last row is held out
@@ -126,11 +110,11 @@ def test_gsm8k_style_jsonl(data_dir):
     assert train[0].fields["answer"] == GSM8K_ROWS[0]["answer"]  # the full solution still goes to rewards
 
 
-def test_math_style_parquet_with_column_mapping(data_dir):
+def test_math_style_parquet_with_column_mapping(isolated_hf_cache):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = data_dir / "math.parquet"
+    path = isolated_hf_cache / "math.parquet"
     pq.write_table(pa.Table.from_pylist(MATH_ROWS), path)
     cfg = DataConfig(name="parquet", path=str(path), prompt_field="problem", answer_field="solution",
                      answer_format="boxed", num_eval=0,
@@ -141,8 +125,8 @@ def test_math_style_parquet_with_column_mapping(data_dir):
     assert train[1].fields["level"] == "Level 2"
 
 
-def test_prompt_template_may_name_any_column_without_prompt_field(data_dir):
-    path = _write_jsonl(data_dir / "t.jsonl", MATH_ROWS)
+def test_prompt_template_may_name_any_column_without_prompt_field(isolated_hf_cache):
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", MATH_ROWS)
     # prompt_field keeps its default 'question', which the rows lack: the template is what counts
     cfg = DataConfig(name="jsonl", path=str(path), answer_field="solution", answer_format="boxed", num_eval=0,
                      prompt_template="[{level}] {problem}")
@@ -160,17 +144,17 @@ def test_prompt_template_may_name_any_column_without_prompt_field(data_dir):
      "data.prompt_template: names the column 'difficulty', which the rows do not have; dataset rows have "
      "columns ['level', 'problem', 'solution', 'type']"),
 ])
-def test_a_mapping_that_does_not_fit_the_rows_names_the_field_and_the_columns(data_dir, data, message):
-    path = _write_jsonl(data_dir / "t.jsonl", MATH_ROWS)
+def test_a_mapping_that_does_not_fit_the_rows_names_the_field_and_the_columns(isolated_hf_cache, data, message):
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", MATH_ROWS)
     with pytest.raises(DataError) as info:
         load_problems(DataConfig(name="jsonl", path=str(path), num_eval=0, **data))
     assert str(info.value).startswith(message)
     assert isinstance(info.value, ConfigError)  # the recipe reports it as one: exit 2, message verbatim
 
 
-def test_an_answer_format_that_finds_nothing_names_the_row(data_dir):
+def test_an_answer_format_that_finds_nothing_names_the_row(isolated_hf_cache):
     rows = GSM8K_ROWS[:2] + [{"question": "What is 2 + 2?", "answer": "It is 4."}]
-    path = _write_jsonl(data_dir / "t.jsonl", rows)
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", rows)
     with pytest.raises(DataError) as info:
         load_problems(DataConfig(name="jsonl", path=str(path), answer_format="gsm8k", num_eval=0))
     assert str(info.value) == (
@@ -179,8 +163,8 @@ def test_an_answer_format_that_finds_nothing_names_the_row(data_dir):
         "or fix the row")
 
 
-def test_a_blank_prompt_names_the_row(data_dir):
-    path = _write_jsonl(data_dir / "t.jsonl", [{"question": "1+1", "answer": "2"}, {"question": " ", "answer": "3"}])
+def test_a_blank_prompt_names_the_row(isolated_hf_cache):
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", [{"question": "1+1", "answer": "2"}, {"question": " ", "answer": "3"}])
     with pytest.raises(DataError, match=r"^data.prompt_field: row 1 has no prompt in column 'question'$"):
         load_problems(DataConfig(name="jsonl", path=str(path), num_eval=0))
 
@@ -231,8 +215,8 @@ CHAT_ROWS = [
 ]
 
 
-def test_chat_rows_from_a_jsonl_file(data_dir):
-    path = _write_jsonl(data_dir / "chat.jsonl", CHAT_ROWS)
+def test_chat_rows_from_a_jsonl_file(isolated_hf_cache):
+    path = write_jsonl(isolated_hf_cache / "chat.jsonl", CHAT_ROWS)
     cfg = DataConfig(name="jsonl", path=str(path), messages_field="messages", answer_format="gsm8k", num_eval=0)
     with pytest.raises(DataError, match="row 2 has no answer in column 'answer' for format 'gsm8k'"):
         load_problems(cfg)  # row 2's own answer column, "10", has no '####'
@@ -244,12 +228,12 @@ def test_chat_rows_from_a_jsonl_file(data_dir):
     assert [p.answer for p in train] == ["3 + 4 = 7. #### 7", "Deux. #### 2", "10"]
     assert [p.fields.get("demo") for p in train] == ["3 + 4 = 7. #### 7", "Deux. #### 2", None]
     gsm8k_rows = CHAT_ROWS[:2] + [{**CHAT_ROWS[2], "answer": "#### 10"}]
-    train, _ = load_problems(cfg.model_copy(update={"path": str(_write_jsonl(data_dir / "c2.jsonl", gsm8k_rows))}))
+    train, _ = load_problems(cfg.model_copy(update={"path": str(write_jsonl(isolated_hf_cache / "c2.jsonl", gsm8k_rows))}))
     assert [p.answer for p in train] == ["7", "2", "10"]
 
 
-def test_chat_rows_without_answer_or_assistant_turn_name_both_fields(data_dir):
-    path = _write_jsonl(data_dir / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+def test_chat_rows_without_answer_or_assistant_turn_name_both_fields(isolated_hf_cache):
+    path = write_jsonl(isolated_hf_cache / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(DataError) as info:
         load_problems(DataConfig(name="jsonl", path=str(path), messages_field="messages", num_eval=0))
     assert str(info.value) == (
@@ -257,16 +241,16 @@ def test_chat_rows_without_answer_or_assistant_turn_name_both_fields(data_dir):
         "data.answer_field to one of them (chat rows may instead end with an assistant turn holding it)")
 
 
-def test_a_chat_file_without_the_messages_column(data_dir):
-    path = _write_jsonl(data_dir / "t.jsonl", GSM8K_ROWS)
+def test_a_chat_file_without_the_messages_column(isolated_hf_cache):
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", GSM8K_ROWS)
     with pytest.raises(DataError, match=r"^data.messages_field: the rows have no column 'conversation'; dataset "
                                         r"rows have columns \['answer', 'question'\]"):
         load_problems(DataConfig(name="jsonl", path=str(path), messages_field="conversation", num_eval=0))
 
 
-def test_chat_row_without_user_turn_from_a_file_names_its_row(data_dir):
+def test_chat_row_without_user_turn_from_a_file_names_its_row(isolated_hf_cache):
     rows = [CHAT_ROWS[0], {"messages": [{"role": "assistant", "content": "#### 1"}]}]
-    path = _write_jsonl(data_dir / "t.jsonl", rows)
+    path = write_jsonl(isolated_hf_cache / "t.jsonl", rows)
     with pytest.raises(DataError, match=r"^data.messages_field: row 1, column 'messages' has no user turn"):
         load_problems(DataConfig(name="jsonl", path=str(path), messages_field="messages", num_eval=0))
 
@@ -285,13 +269,13 @@ def test_with_system_prompt():
     assert with_system_prompt(own, "Think step by step.") == own  # the row's system turn is kept
 
 
-def test_system_prompt_opens_every_source(data_dir):
+def test_system_prompt_opens_every_source(isolated_hf_cache):
     train, evals = load_problems(DataConfig(num_train=3, num_eval=2, system_prompt="Be brief."))
     plain, _ = load_problems(DataConfig(num_train=3, num_eval=2))
     for p in train + evals:
         assert p.prompt[0] == {"role": "system", "content": "Be brief."} and p.prompt[1]["role"] == "user"
     assert [p.prompt[1]["content"] for p in train] == [q.prompt for q in plain]  # same problems
-    path = _write_jsonl(data_dir / "chat.jsonl", CHAT_ROWS[:2])
+    path = write_jsonl(isolated_hf_cache / "chat.jsonl", CHAT_ROWS[:2])
     chats, _ = load_problems(DataConfig(name="jsonl", path=str(path), messages_field="messages", num_eval=0,
                                         answer_format="gsm8k", system_prompt="Be brief."))
     assert chats[0].prompt[0] == {"role": "system", "content": "Be brief."}
