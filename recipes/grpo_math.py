@@ -22,6 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, see docs/environment.md
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM logs through the root logger: rlkit/console.py routes it
 
 from rlkit.config import ConfigError, RecipeConfig, dump_config, load_config  # noqa: E402
 from rlkit.trainer.state import Components, RunState, Sample, StepResult  # noqa: E402
@@ -383,18 +384,25 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
 
 
 def train(cfg: RecipeConfig) -> Path:
-    """Run the recipe: hold the run directory's lock, set up, resume, train, export."""
+    """Run the recipe: hold the run directory's lock, route the logs, set up, resume, train, export."""
+    from rlkit.console import setup_run_logging
     from rlkit.trainer.guard import RunLock, RunLockedError, die_with_parent
 
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # started by accelerate launch / torchrun: die with it
         die_with_parent()
     lock = None
-    if int(os.environ.get("RANK", "0")) == 0:  # one writer per run directory, checked before loading
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:  # one writer per run directory, checked before loading
         try:
             lock = RunLock(Path(cfg.run.output_dir)).acquire()
         except RunLockedError as exc:
             raise ConfigError(str(exc)) from None
     try:
+        # The console shows rlkit's lines, warnings and the progress bar; the libraries' INFO
+        # goes to the log file only (docs/training.md, "Console and logs").
+        log_file = setup_run_logging(Path(cfg.run.output_dir), rank)
+        if rank == 0:
+            print(f"run directory: {cfg.run.output_dir} (full log: {log_file})", flush=True)
         return _train(cfg)
     finally:
         if lock is not None:
@@ -404,12 +412,14 @@ def train(cfg: RecipeConfig) -> Path:
 def _train(cfg: RecipeConfig) -> Path:
     from dataclasses import asdict
 
+    from rlkit.console import adopt_library_loggers
     from rlkit.trainer.checkpoint import export_model, save_checkpoint
     from rlkit.trainer.collect import evaluate
     from rlkit.trainer.guard import kill_point
     from rlkit.trainer.tracking import RunLogger
 
     c = setup(cfg)
+    adopt_library_loggers()  # transformers and DeepSpeed attach their own console handlers at import
     state = RunState(step=restore(cfg, c))
     if c.canary is not None:  # the floor: engine and trainer hold the same weights now
         first = c.canary.check(c.engine, c.policy.unwrapped(), c.policy.autocast, chunk_size=c.forward.chunk_size,

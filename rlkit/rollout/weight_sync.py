@@ -15,12 +15,18 @@ often none of that:
   consume the iterator (the gathers are collective).
 
 Tied weights (lm_head = embed_tokens) are yielded once; vLLM re-ties them.
+
+The trainer keeps fp32 master weights; an engine serving bf16 would cast each one on load
+anyway, but vLLM's loader logs a warning per tensor when the dtypes differ ("Attempted to load
+weight ... with dtype torch.float32 into parameter with dtype torch.bfloat16"): hundreds of
+lines per sync. `cast_weights` casts each tensor to the engine's dtype first, one at a time,
+which also halves the bytes pushed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +35,7 @@ from rlkit.modeling import gathered, is_zero3, unwrap_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["trainer_weights_for_engine", "engine_name"]
+__all__ = ["trainer_weights_for_engine", "engine_name", "cast_weights"]
 
 _PEFT_PREFIX = "base_model.model."
 
@@ -39,6 +45,19 @@ def engine_name(name: str) -> str:
     if name.startswith(_PEFT_PREFIX):
         name = name[len(_PEFT_PREFIX) :]
     return name.replace(".base_layer.", ".")
+
+
+def cast_weights(weights: Iterable[tuple[str, Tensor]], dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
+    """Yield `(name, tensor)` with every floating tensor cast to `dtype`, lazily.
+
+    One tensor is cast when the consumer asks for it, so at most one cast copy exists at a
+    time (never a second copy of the model). Tensors already in `dtype` pass through as they
+    are (no copy); non-floating tensors (int buffers, bool masks) are never touched.
+    """
+    for name, tensor in weights:
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        yield name, tensor
 
 
 def _is_lora_layer(module: nn.Module) -> bool:
