@@ -1,8 +1,8 @@
 """What a person sees on the console during a run, and where everything else goes.
 
-A run's console is for the progress bar, evaluations, alarms, rlkit's own messages and
-third-party warnings worth a look. Everything else that the libraries log (vLLM's engine
-start-up, DeepSpeed's configuration dump, ...) goes to a file per rank,
+A run's console is for the progress bar, alarms, rlkit's own messages and third-party warnings
+worth a look. Everything else that the libraries log (vLLM's engine start-up, accelerate's
+checkpoint saves, ...) goes to a file per rank,
 `RUN_DIR/logs/rank<r>.log`, at INFO, with rlkit's own lines and the warnings too, so the file is
 the complete record.
 

@@ -34,7 +34,8 @@ def _launch(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.Co
         "logging.progress=false", "logging.tensorboard=false", "trainer.learning_rate=1e-3",
         'rewards=[{name: "toy_rewards:char_parity"}]', *overrides,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests/recipes")}
+    # REPO too: a git worktree's rlkit, not the editable install's, is what a test there runs
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests/recipes"), str(REPO)])}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"recipe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc

@@ -16,22 +16,20 @@ THIRD_PARTY = "somelib.engine"  # any logger outside rlkit's own
 
 @pytest.fixture(autouse=True)
 def restore_logging(monkeypatch):
-    """Put the root logger, the loggers touched here and warnings capture back as they were."""
+    """Put every logger (the root, and libraries `adopt_library_loggers` switched over) and
+    warnings capture back as they were, so no other test sees this file's routing."""
     monkeypatch.delenv("RLKIT_LOG_LEVEL", raising=False)
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    touched = {n: logging.getLogger(n) for n in ("vendored", THIRD_PARTY)}
-    saved_touched = {n: (list(lg.handlers), lg.propagate, lg.level) for n, lg in touched.items()}
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("vendored", THIRD_PARTY))]
+    loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    saved = {id(lg): (lg, list(lg.handlers), lg.propagate, lg.level) for lg in loggers}
     yield
-    for h in root.handlers:
-        if h not in saved[0]:
-            h.close()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    for n, (handlers, propagate, level) in saved_touched.items():
-        touched[n].handlers[:] = handlers
-        touched[n].propagate = propagate
-        touched[n].setLevel(level)
+    for lg, handlers, propagate, level in saved.values():
+        for h in lg.handlers:
+            if h not in handlers:
+                h.close()
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+        lg.setLevel(level)
     logging.captureWarnings(False)
 
 
@@ -99,8 +97,8 @@ def test_bad_rlkit_log_level_names_the_variable(tmp_path, monkeypatch):
 def test_other_ranks_show_warnings_only_and_write_their_own_file(tmp_path, capsys):
     err, text = _run(tmp_path, capsys, rank=1)
     assert (tmp_path / "logs" / "rank1.log").is_file()
-    assert err.strip().splitlines() == [line for line in err.strip().splitlines() if "engine is worried" in line]
-    assert len(err.strip().splitlines()) == 1 and err.startswith("[rank1] ")
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[rank1] ") and "engine is worried" in lines[0]
     assert "rlkit says hello" in text and "engine chatter" in text
 
 
