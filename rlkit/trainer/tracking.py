@@ -170,6 +170,9 @@ class RunLogger:
                                                            ("entropy", "policy/entropy"), ("s/step", "time/step"))
                 if k in values)
             self._progress.update(self._task, completed=step, stats=stats)
+            held_out = {k: v for k, v in values.items() if k.startswith("eval/")}
+            if held_out:  # the bar shows training stats only; an evaluation gets its own line
+                log.info("eval at step %d | %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(held_out.items())))
         else:
             log.info("step %d | %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())
                                                     if k.startswith(("reward/mean", "rollout/acc", "eval/", "time/step"))))

@@ -202,3 +202,18 @@ def test_missing_tracker_package_is_a_config_error(tracker, module, monkeypatch)
 def test_a_tracker_listed_twice_is_a_config_error():
     with pytest.raises(ConfigError, match=r"logging.trackers: got \['wandb', 'wandb'\]; list each tracker once"):
         config_from_dict({"model": {"name_or_path": "smollm2-135m"}, "logging": {"trackers": ["wandb", "wandb"]}})
+
+
+def test_an_evaluation_gets_a_console_line_beside_the_progress_bar(tmp_path, caplog):
+    # The bar shows reward/acc/entropy/s-per-step only; held-out results must not be lost in it.
+    from rlkit.trainer.tracking import RunLogger
+
+    run_log = RunLogger(tmp_path, tensorboard=False, total_steps=2, progress=True)
+    try:
+        with caplog.at_level("INFO", logger="rlkit.trainer.tracking"):
+            run_log.log(1, {"reward/mean": 0.5})
+            run_log.log(2, {"reward/mean": 0.75, "eval/accuracy": 0.935})
+    finally:
+        run_log.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "rlkit.trainer.tracking"]
+    assert lines == ["eval at step 2 | eval/accuracy=0.935"]
