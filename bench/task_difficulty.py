@@ -3,6 +3,7 @@
     python bench/task_difficulty.py                    # all settings, ~2 min on 2 cores
     python bench/task_difficulty.py --only 1 3         # a few of them (indices into SETTINGS)
     python bench/task_difficulty.py --dtype float32    # fp32 numerics (AVX2-only CPUs) on any CPU
+    python bench/task_difficulty.py --suite reasoning_gym   # reasoning-gym tasks (the `tasks` extra)
 
 Writes bench/results/task_difficulty.json, one entry per engine dtype (a run replaces its dtype's
 entry and keeps the other). Used to pick a task where the untrained model starts
@@ -18,6 +19,14 @@ by `math_accuracy` and, from the same completions, by the recipe's first reward 
 (what the run logs as `eval/accuracy`). They differ: math-verify also accepts a completion that
 only restates the question and is cut off ("... First, we add them: 52 + 93" counts as 145),
 so `math_accuracy` reads higher; `exact_number` is the number a run starts from.
+
+`--suite reasoning_gym` does the same for reasoning-gym tasks (RG_SETTINGS) on the recipe
+recipes/configs/grpo_reasoning_gym_cpu.yaml, writing bench/results/task_difficulty_reasoning_gym.json.
+There the recipe's reward `reasoning_gym` (the task's own `score_answer`, best of the answer
+candidates) is what `eval/accuracy` counts (a score of 1); its mean score (partial credit
+included) and `exact_number` on the same completions are recorded beside it. Settings differ
+in the task, its params and the prompt: the question as reasoning-gym writes it, or with
+" Answer with only the number." appended (data.prompt_template).
 """
 
 from __future__ import annotations
@@ -49,6 +58,36 @@ SETTINGS: list[tuple[str, dict]] = [
     ("2 terms +/-, 10-99", {"operations": ["+", "-"], "min_operand": 10, "max_operand": 99}),
 ]
 
+ONLY_NUMBER = "{question} Answer with only the number."
+# --suite reasoning_gym: name -> data overrides of grpo_reasoning_gym_cpu.yaml (task, params, prompt)
+RG_SETTINGS: list[tuple[str, dict]] = [
+    ("chain_sum 2 terms 1 digit", {"task": "chain_sum", "prompt_template": None,
+                                   "task_params": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}),
+    ("chain_sum 2 terms 1 digit +only", {"task": "chain_sum", "prompt_template": ONLY_NUMBER,
+                                         "task_params": {"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                                         "max_digits": 1}}),
+    ("chain_sum 2 terms 1-2 digits", {"task": "chain_sum", "prompt_template": None,
+                                      "task_params": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}}),
+    ("chain_sum 2 terms 1-2 digits +only", {"task": "chain_sum", "prompt_template": ONLY_NUMBER,
+                                            "task_params": {"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                                            "max_digits": 2}}),
+    ("basic_arithmetic 2 terms 1 digit", {"task": "basic_arithmetic", "prompt_template": None,
+                                          "task_params": {"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                                          "max_digits": 1}}),
+    ("basic_arithmetic 2 terms 1 digit +only", {"task": "basic_arithmetic", "prompt_template": ONLY_NUMBER,
+                                                "task_params": {"min_terms": 2, "max_terms": 2, "min_digits": 1,
+                                                                "max_digits": 1}}),
+    ("gcd 2 numbers 1-20", {"task": "gcd", "prompt_template": None, "task_params": {"max_value": 20}}),
+    ("leg_counting 1-2 animals 1-3 each", {"task": "leg_counting", "prompt_template": None,
+                                           "task_params": {"min_animals": 1, "max_animals": 2, "max_instances": 3}}),
+    ("products 2 terms 1 digit", {"task": "products", "prompt_template": None,
+                                  "task_params": {"min_digits": 1, "max_digits": 1}}),
+]
+SUITES = {  # --suite -> (settings, recipe config, output file)
+    "arithmetic": (SETTINGS, "grpo_math_cpu.yaml", "task_difficulty.json"),
+    "reasoning_gym": (RG_SETTINGS, "grpo_reasoning_gym_cpu.yaml", "task_difficulty_reasoning_gym.json"),
+}
+
 
 def cpu_flags() -> dict:
     text = Path("/proc/cpuinfo").read_text()
@@ -58,25 +97,31 @@ def cpu_flags() -> dict:
             "avx2": "avx2" in flags, "cores": os.cpu_count()}
 
 
-def measure(engine, cfg, problems, math_accuracy, exact_number) -> dict:
-    """`evaluate` on these problems; one generation, scored by both rewards."""
+def measure(engine, cfg, problems, primary, side: dict) -> dict:
+    """`evaluate` on these problems, as the recipe scores it with `primary`; one generation,
+    also scored by each `side` reward (name -> function, its accuracy = score >= 1)."""
     from rlkit.trainer.collect import RewardFunction, evaluate
 
-    exact: list[float] = []
+    scores: dict[str, list[float]] = {"primary": [], **{name: [] for name in side}}
     examples: list[dict] = []
 
-    def both(prompts, completions, answer, **_):
-        # exact_number recorded on the side; math_accuracy is what evaluate counts
-        exact.extend(exact_number(prompts, completions, answer))
+    def both(prompts, completions, **kw):
+        # the side rewards recorded on the side; `primary` is what evaluate counts
+        for name, fn in side.items():
+            scores[name].extend(fn(prompts, completions, **kw))
         examples.extend({"question": p.prompt, "completion": c, "answer": p.answer}
                         for p, c in zip(problems[:3], completions[:3], strict=True))
-        return math_accuracy(prompts, completions, answer)
+        out = primary(prompts, completions, **kw)
+        scores["primary"].extend(out)
+        return out
 
     t = time.perf_counter()
-    metrics = evaluate(engine, problems, RewardFunction("math_accuracy", both),
+    metrics = evaluate(engine, problems, RewardFunction(primary.reward_name, both),
                        max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.trainer.seed)
-    return {"accuracy": {"math_accuracy": round(metrics["eval/accuracy"], 4),
-                         "exact_number": round(sum(exact) / len(exact), 4)},
+    accuracy = {primary.reward_name: round(metrics["eval/accuracy"], 4)}
+    accuracy.update({name: round(sum(v >= 1 for v in vals) / len(vals), 4) for name, vals in scores.items()
+                     if name != "primary"})
+    return {"accuracy": accuracy, "mean_score": round(sum(scores["primary"]) / len(scores["primary"]), 4),
             "completion_len": round(metrics["eval/completion_len"], 2), "seconds": round(time.perf_counter() - t, 1),
             "examples": examples}
 
@@ -93,12 +138,18 @@ def save(out: Path, result: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "recipes" / "configs" / "grpo_math_cpu.yaml"))
-    ap.add_argument("--only", type=int, nargs="*", help="indices into SETTINGS (default: all)")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="arithmetic",
+                    help="arithmetic (SETTINGS, grpo_math_cpu.yaml) or reasoning_gym (RG_SETTINGS, "
+                         "grpo_reasoning_gym_cpu.yaml)")
+    ap.add_argument("--config", default=None, help="recipe config (default: the suite's)")
+    ap.add_argument("--only", type=int, nargs="*", help="indices into the suite's settings (default: all)")
     ap.add_argument("--dtype", default=None, help="engine dtype (default: the recipe's rollout.dtype, auto: "
                     "bf16 on CPUs with native bf16, else fp32); float32 shows an AVX2-only machine's numerics")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "task_difficulty.json"))
+    ap.add_argument("--out", default=None, help="results file (default: the suite's, under bench/results/)")
     args = ap.parse_args()
+    settings, config_name, out_name = SUITES[args.suite]
+    args.config = args.config or str(ROOT / "recipes" / "configs" / config_name)
+    args.out = args.out or str(ROOT / "bench" / "results" / out_name)
 
     from rewards import get_reward
     from rlkit.assets import resolve_model
@@ -115,23 +166,25 @@ def main() -> None:
                         chat_template=r.chat_template, max_model_len=r.max_model_len,
                         cpu_kvcache_gib=r.cpu_kvcache_gib, enforce_eager=r.enforce_eager)
     start_s = time.perf_counter() - t0
-    math_accuracy, exact_number = get_reward("math_accuracy"), get_reward("exact_number")
+    if args.suite == "arithmetic":  # math_accuracy counted, the recipe's exact_number beside it
+        primary, side = get_reward("math_accuracy"), {"exact_number": get_reward("exact_number")}
+    else:  # the recipe's reward counted, exact_number beside it
+        primary, side = get_reward(base.rewards[0].name), {"exact_number": get_reward("exact_number")}
 
     result = {"date": time.strftime("%Y-%m-%d"), "config": os.path.relpath(args.config, ROOT),
               "model": base.model.name_or_path, "dtype": dtype, "cpu": cpu_flags(),
               "engine": "vllm", "engine_start_s": round(start_s, 1),
               "num_eval": base.data.num_eval, "max_new_tokens": base.eval.max_new_tokens,
               "settings": []}
-    chosen = args.only if args.only else range(len(SETTINGS))
+    chosen = args.only if args.only else range(len(settings))
     for i in chosen:
-        name, data = SETTINGS[i]
+        name, data = settings[i]
         cfg = load_config(args.config, [f"data.{k}={json.dumps(v)}" for k, v in data.items()])
         rec = {"index": i, "name": name, "data": data, **measure(engine, cfg, load_problems(cfg.data)[1],
-                                                                   math_accuracy, exact_number)}
+                                                                   primary, side)}
         result["settings"].append(rec)
-        acc = rec["accuracy"]
-        print(f"[{i}] {name:<22} math_accuracy {acc['math_accuracy']:.3f}  exact_number {acc['exact_number']:.3f}"
-              f"  {rec['seconds']:.0f} s", flush=True)
+        accs = "  ".join(f"{k} {v:.3f}" for k, v in rec["accuracy"].items())
+        print(f"[{i}] {name:<38} {accs}  mean score {rec['mean_score']:.3f}  {rec['seconds']:.0f} s", flush=True)
         save(Path(args.out), result)  # after every setting: keep what was measured
     engine.close()
 

@@ -46,4 +46,4 @@ def get_reward(name: str) -> RewardFn:
     return REWARDS.get(name)
 
 
-from rewards import format, length, math  # noqa: E402,F401  (registers the built-ins)
+from rewards import format, length, math, reasoning_gym  # noqa: E402,F401  (registers the built-ins)

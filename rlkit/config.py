@@ -81,8 +81,17 @@ class SamplerSpec(_Section):
 
 
 class DataConfig(_Section):
-    name: Literal["arithmetic", "gsm8k", "math", "jsonl", "parquet", "hub"] = Field(
-        "arithmetic", description="Prompt source: the synthetic arithmetic task, a known dataset, or files."
+    name: Literal["arithmetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning_gym"] = Field(
+        "arithmetic", description="Prompt source: the synthetic arithmetic task, a known dataset, files, or a "
+        "reasoning-gym task (data.task; the `tasks` extra, docs/reasoning_gym.md)."
+    )
+    task: str | None = Field(
+        None, description="data.name reasoning_gym: the task, a name reasoning-gym registers (e.g. chain_sum, gcd). "
+        "data.num_train / num_eval / seed size and seed it; held-out problems come from data.seed + 10,000,000."
+    )
+    task_params: dict[str, Any] = Field(
+        default_factory=dict, description="data.name reasoning_gym: the task's options (fields of its config "
+        "class, e.g. {min_terms: 2, max_terms: 2}); the task is built at validation, so a bad one fails there."
     )
     path: str | None = Field(None, description="Dataset path (jsonl/parquet file, local dataset dir, or hub id).")
     split: str = Field("train", description="Split to train on.")
@@ -171,6 +180,23 @@ class DataConfig(_Section):
             raise ValueError(
                 f"data.max_operand ({self.max_operand}) must be >= data.min_operand ({self.min_operand})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _task_builds(self) -> DataConfig:
+        if self.name != "reasoning_gym":
+            for key in ("task", "task_params"):
+                if getattr(self, key):
+                    raise ValueError(f"data.{key}: applies to data.name reasoning_gym (data.name is '{self.name}')")
+            return self
+        if self.task is None:
+            raise ValueError("data.task is required when data.name is 'reasoning_gym' (e.g. chain_sum)")
+        for key in ("messages_field", "answer_format"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"data.{key}: applies to dataset rows; reasoning-gym generates its prompts and answers")
+        from rlkit.data.reasoning_gym import check_task
+
+        check_task(self.task, self.task_params, seed=self.seed)  # ConfigError (a ValueError) naming the field
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,8 @@ Sources:
   and '-' / '*' ("What is 23 + 7 * 4? Answer with only the number.").
 - `gsm8k`, `math`, `hub`: the real `datasets.load_dataset` path (needs the hub or its cache).
 - `jsonl`, `parquet`: local files through the same `datasets` loaders.
+- `reasoning_gym`: a procedurally generated reasoning-gym task (data.task, data.task_params),
+  scored by the task's own verifier (rlkit/data/reasoning_gym.py, the `tasks` extra).
 
 Rows are text (data.prompt_field / data.prompt_template) or chats (data.messages_field);
 the reference answer is read with an answer format (raw, gsm8k '####', MATH's last
@@ -292,6 +294,11 @@ def load_problems(cfg: DataConfig) -> tuple[list[Problem], list[Problem]]:
         task = dict(lo=cfg.min_operand, hi=cfg.max_operand, num_terms=cfg.num_terms, operations=cfg.operations)
         train = arithmetic_problems(cfg.num_train, seed=cfg.seed, **task)
         evals = arithmetic_problems(cfg.num_eval, seed=cfg.seed + 10_000, **task)
+        return _with_system(train, cfg), _with_system(evals, cfg)
+    if cfg.name == "reasoning_gym":
+        from rlkit.data.reasoning_gym import load_reasoning_gym  # the optional `tasks` extra
+
+        train, evals = load_reasoning_gym(cfg)
         return _with_system(train, cfg), _with_system(evals, cfg)
     if cfg.name in ("jsonl", "parquet") and Path(cfg.path).expanduser().stat().st_size == 0:
         raise DataError(f"data.path: {cfg.path} is empty (no rows to train on)")
