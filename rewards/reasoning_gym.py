@@ -8,9 +8,11 @@ correct in `rollout/accuracy` and `eval/accuracy`.
 
 Which part of the completion is the answer: the content of the last `<answer>...</answer>`
 pair when the completion has one (reasoning-gym's own prompt format); otherwise each of the
-whole completion (stripped), its last non-empty line and its last word is scored, and the best
-score is the reward. A small model answers "The sum is 12." as often as "12": the last word
-catches the first, the whole text the second, the last line a final line after some working.
+whole completion (stripped), its last non-empty line and its last word, that word also without
+the punctuation around it, is scored, and the best score is the reward. A small model answers
+"The GCD is 4." as often as "4": the bare last word catches the first (most tasks compare
+strings exactly, so "4." alone scores 0.5 at best), the whole text the second, the last line a
+final line after some working.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from rewards import register_reward
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_PUNCTUATION = ".,;:!?*\"'`()[]$"  # stripped from both ends of the last word ("4." -> "4"); never '-'
 
 
 def answer_candidates(completion: str) -> list[str]:
@@ -33,7 +36,7 @@ def answer_candidates(completion: str) -> list[str]:
     words = text.split()
     last_word = words[-1] if words else ""
     out: list[str] = []
-    for cand in (text, last_line, last_word):
+    for cand in (text, last_line, last_word, last_word.strip(_PUNCTUATION)):
         if cand and cand not in out:
             out.append(cand)
     return out
