@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -322,3 +323,21 @@ def test_30_every_prompt_filtered_out_by_length_stops_before_any_weights_load(tm
 def test_31_a_system_prompt_without_the_chat_template(tmp_path):
     msg = _config_error(tmp_path, BASE + "data: {system_prompt: Be brief.}\nrollout: {chat_template: false}\n")
     assert "config error at data.system_prompt: a system message is part of the chat template" in msg
+
+
+# ----------------------------------------------------------------------------- reasoning-gym tasks
+
+
+def test_32_an_unknown_reasoning_gym_task_or_bad_params(tmp_path, monkeypatch):
+    data = "data: {name: reasoning_gym, task: gdc}\n"
+    msg = _config_error(tmp_path, BASE + data)
+    assert msg.startswith("config error at data.task: unknown reasoning-gym task 'gdc'; did you mean 'gcd'? "
+                          "Available tasks: ab, acre, ")
+    assert ", chain_sum, " in msg and ", leg_counting, " in msg
+    msg = _config_error(tmp_path, BASE + "data: {name: reasoning_gym, task: gcd, task_params: {max_value: 0}}\n")
+    assert msg.startswith("config error at data.task_params: reasoning-gym refused {'max_value': 0} for task 'gcd': ")
+    assert msg.endswith("Options of 'gcd': min_numbers, max_numbers, min_value, max_value.")
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # as if the `tasks` extra were not installed
+    msg = _config_error(tmp_path, BASE + data)
+    assert msg == ("config error at data.name: reasoning_gym needs the reasoning-gym package, which is not "
+                   "installed; install the `tasks` extra: pip install 'rlkit[tasks]'")
