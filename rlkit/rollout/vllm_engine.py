@@ -234,7 +234,8 @@ class VLLMEngine:
         self.sync_count += 1
         self.sync_seconds += dt
         self.last_sync_seconds = dt
-        log.info("weight sync #%d into vLLM took %.2f s (total %.2f s)",
+        # per step, and in the metrics as time/sync: not a line for the console
+        log.debug("weight sync #%d into vLLM took %.2f s (total %.2f s)",
                  self.sync_count, dt, self.sync_seconds)
 
     # -- checks ---------------------------------------------------------------------------
