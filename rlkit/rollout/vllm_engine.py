@@ -236,7 +236,7 @@ class VLLMEngine:
         self.last_sync_seconds = dt
         # per step, and in the metrics as time/sync: not a line for the console
         log.debug("weight sync #%d into vLLM took %.2f s (total %.2f s)",
-                 self.sync_count, dt, self.sync_seconds)
+                  self.sync_count, dt, self.sync_seconds)
 
     # -- checks ---------------------------------------------------------------------------
 
