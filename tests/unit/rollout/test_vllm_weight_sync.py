@@ -74,7 +74,7 @@ def test_full_weight_sync_then_lora_sync(fp32_engine, trainer, caplog):
     want = hf_greedy(trainer, prompt_ids)
     assert want != before, "perturbation too small to test anything"
 
-    with caplog.at_level(logging.INFO, logger="rlkit.rollout.vllm_engine"):
+    with caplog.at_level(logging.DEBUG, logger="rlkit.rollout.vllm_engine"):  # the sync line is DEBUG
         fp32_engine.update_weights(trainer_weights_for_engine(trainer))
     assert engine_greedy(fp32_engine) == want
     assert fp32_engine.sync_count == 1 and fp32_engine.sync_seconds > 0
