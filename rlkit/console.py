@@ -69,8 +69,7 @@ CONSOLE_NOISE: tuple[tuple[str, str], ...] = (
 )
 
 _MARK = "_rlkit_console"  # attribute set on the handlers installed here (so a re-run replaces them)
-_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # file and console; the console shows the time only
 _CONSOLE_DATEFMT = "%H:%M:%S"
 
 
@@ -165,7 +164,7 @@ def setup_run_logging(run_dir: Path, rank: int) -> Path:
         console_filter = ConsoleFilter(own_level=logging.WARNING, third_party_level=logging.WARNING, show_all=False)
     console = logging.StreamHandler(sys.stderr)
     console.addFilter(console_filter)
-    console.setFormatter(logging.Formatter(_CONSOLE_FORMAT if rank == 0 else f"[rank{rank}] {_CONSOLE_FORMAT}",
+    console.setFormatter(logging.Formatter(_FORMAT if rank == 0 else f"[rank{rank}] {_FORMAT}",
                                          _CONSOLE_DATEFMT))
 
     for h in (file_handler, console):
