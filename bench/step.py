@@ -19,7 +19,15 @@ Configs, run one after the other in this order, each in its own process:
 - `rlkit_no_prefix`  the recipe with `trainer.shared_prefix=false`;
 - `trl_vllm`         TRL with `use_vllm=True, vllm_mode="colocate"`: tried once; if it fails on
                      CPU its error is recorded in the JSON;
-- `rlkit_diag`       the recipe as shipped: shared prefix on, plus the post-update logprob forward.
+- `rlkit_diag`       the recipe as shipped: shared prefix on, diagnostics on, the post-update
+                     logprob forward every `diagnostics.post_update_every` steps;
+- `rlkit_nodiag`     the recipe with `diagnostics.enabled=false` (no metrics, alarms or post-update
+                     forward): `rlkit_diag` / `rlkit_nodiag` is the diagnostics' overhead (issue 17).
+
+Ratios (`ratio_trl_over_rlkit`): TRL seconds / rlkit seconds per step and per phase, and
+`per_token`, the same ratio of seconds per generated completion token (the frameworks sample
+different lengths from the same prompts, so a per-step ratio alone flatters the one whose
+completions are shorter).
 
 How each is timed:
 - rlkit: `accelerate launch recipes/grpo_math.py` as a subprocess for --steps steps; the phase
@@ -63,11 +71,12 @@ LAUNCH_CONFIG = ROOT / "launch/accelerate/zero2_single.yaml"
 PHASES = ("generate", "score", "train", "sync")
 CPU_KEYS = ("cpu_generate", "cpu_score", "cpu_train", "cpu_sync", "cpu_total")
 RATIO_KEYS = ("total", "generate", "train", "cpu_total", "cpu_generate", "cpu_train")
-ALL_CONFIGS = ("rlkit", "trl", "rlkit_no_prefix", "trl_vllm", "rlkit_diag")
-RLKIT_VARIANTS = {  # config name -> (shared_prefix, post_update_logprobs)
-    "rlkit": (True, False),
-    "rlkit_no_prefix": (False, False),
-    "rlkit_diag": (True, True),
+ALL_CONFIGS = ("rlkit", "trl", "rlkit_no_prefix", "trl_vllm", "rlkit_diag", "rlkit_nodiag")
+RLKIT_VARIANTS = {  # config name -> the recipe overrides that make it
+    "rlkit": ("trainer.shared_prefix=true", "diagnostics.post_update_logprobs=false"),
+    "rlkit_no_prefix": ("trainer.shared_prefix=false", "diagnostics.post_update_logprobs=false"),
+    "rlkit_diag": ("trainer.shared_prefix=true",),  # diagnostics as shipped (the pass every post_update_every)
+    "rlkit_nodiag": ("trainer.shared_prefix=true", "diagnostics.enabled=false"),
 }
 
 
@@ -233,7 +242,8 @@ def _summarize(name: str, out: dict) -> dict:
     kept = out["per_step"][1:] or out["per_step"]
     out["steps_averaged"] = [s["step"] for s in kept]
     out["mean"] = {k: _mean([s[k] for s in kept if s.get(k) is not None])
-                   for k in (*PHASES, "other", "total", *CPU_KEYS, "other_cores", "completion_len_mean", "reward_mean")
+                   for k in (*PHASES, "other", "total", *CPU_KEYS, "other_cores", "completion_len_mean",
+                             "prompt_len_mean", "reward_mean")
                    if any(s.get(k) is not None for s in kept)}
     print(f"[{name}] s/step {out['mean']['total']} (CPU s {out['mean'].get('cpu_total')})  "
           f"split {[out['mean'][p] for p in PHASES]}  "
@@ -246,7 +256,7 @@ def _summarize(name: str, out: dict) -> dict:
 
 def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) -> dict:
     """The real recipe under `accelerate launch`, phase times from its metrics.jsonl."""
-    shared_prefix, post_update = RLKIT_VARIANTS[name]
+    variant = RLKIT_VARIANTS[name]
     run_dir = work / name
     overrides = [
         f"run.output_dir={run_dir}", "run.resume=false", f"model.name_or_path={model_dir}",
@@ -254,8 +264,7 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
         "rollout.engine=vllm", f"rollout.prompts_per_step={a.prompts}", f"rollout.group_size={a.group}",
         f"rollout.max_new_tokens={a.max_new_tokens}", "rollout.temperature=1.0", "trainer.learning_rate=3e-6",
         "trainer.num_iterations=1", "trainer.mini_batches=1", f"trainer.max_steps={a.steps}",
-        f"trainer.shared_prefix={str(shared_prefix).lower()}",
-        f"diagnostics.post_update_logprobs={str(post_update).lower()}",
+        *variant,
         "trainer.checkpoint_every=0", "trainer.export_final=false", "eval.enabled=false",
         "logging.progress=false", "logging.tensorboard=false", "logging.sample_every=0",
     ]
@@ -264,8 +273,7 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
     print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
     proc = run_measured(cmd, work / f"{name}.log", a.timeout)
     sampler = proc.pop("_sampler")
-    out = {"framework": "rlkit", "shared_prefix": shared_prefix, "post_update_logprobs": post_update,
-           "engine": "vllm", "process": proc,
+    out = {"framework": "rlkit", "variant": list(variant), "engine": "vllm", "process": proc,
            "precision": ("bf16 autocast (fp32 master weights), vLLM bf16" if a.dtype == "bfloat16"
                          else "fp32 trainer, vLLM fp32"),
            "command": "accelerate launch --config_file launch/accelerate/zero2_single.yaml recipes/grpo_math.py "
@@ -282,6 +290,8 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
         r["time/score"] = r["time/score"] + r.get("time/advantage", 0.0)
     per_step = [{"step": r["step"], **{p: r[f"time/{p}"] for p in PHASES}, "total": r["time/step"],
                  "completion_len_mean": r.get("rollout/completion_len_mean"),
+                 "completion_len_max": r.get("rollout/completion_len_max"),
+                 "prompt_len_mean": r.get("rollout/prompt_len_mean"),
                  "reward_mean": r.get("reward/mean")} for r in rows]
     for s, r in zip(per_step, rows, strict=True):
         s["other"] = s["total"] - sum(s[p] for p in PHASES)
@@ -493,13 +503,22 @@ def bench_trl(name: str, a: argparse.Namespace, work: Path) -> dict:
 
 
 def ratios(results: dict) -> dict:
-    """TRL seconds / rlkit seconds, per phase and per step, for each (TRL, rlkit) pair measured."""
+    """TRL seconds / rlkit seconds, per phase, per step and per generated token, for each (TRL,
+    rlkit) pair measured; and the diagnostics' overhead (`rlkit_diag` / `rlkit_nodiag` seconds)."""
     out = {}
     for t in ("trl", "trl_vllm"):
         for r in RLKIT_VARIANTS:
             tm, rm = results.get(t, {}).get("mean"), results.get(r, {}).get("mean")
             if tm and rm:
-                out[f"{t}/{r}"] = {k: round(tm[k] / rm[k], 2) for k in RATIO_KEYS if tm.get(k) and rm.get(k)}
+                pair = {k: round(tm[k] / rm[k], 2) for k in RATIO_KEYS if tm.get(k) and rm.get(k)}
+                if tm.get("completion_len_mean") and rm.get("completion_len_mean"):
+                    # (t_trl / L_trl) / (t_rlkit / L_rlkit): seconds per sampled token
+                    pair["per_token"] = round(tm["total"] / tm["completion_len_mean"]
+                                              / (rm["total"] / rm["completion_len_mean"]), 2)
+                out[f"{t}/{r}"] = pair
+    dm, nm = results.get("rlkit_diag", {}).get("mean"), results.get("rlkit_nodiag", {}).get("mean")
+    if dm and nm:
+        out["diag_overhead"] = {"rlkit_diag/rlkit_nodiag": round(dm["total"] / nm["total"], 3)}
     return out
 
 

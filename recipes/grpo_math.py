@@ -353,7 +353,8 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
                **mix_metrics, **canary}
     if cfg.diagnostics.enabled:
         new_lp = None
-        if cfg.diagnostics.post_update_logprobs:
+        d = cfg.diagnostics
+        if d.post_update_logprobs and step % d.post_update_every == 0:
             new_lp = post_update_logprobs(c.policy, batch, advantages, update.first_logprobs, c.forward)
         metrics.update(step_metrics(DiagInputs(
             rewards=scored.rewards, group_ids=batch.group_ids, advantages=advantages,

@@ -412,6 +412,11 @@ class DiagnosticsConfig(_Section):
     post_update_logprobs: bool = Field(
         True, description="One extra no-grad forward after the update, for likelihood-displacement metrics."
     )
+    post_update_every: int = Field(
+        5, ge=1, description="Run that forward (and log `diag/logp_delta_*`) only at steps divisible by k. The "
+        "LLD alarms judge the last `window` measured updates, so they need k x window steps before their first "
+        "verdict; 1 measures every update (a pass costs up to a fifth of a CPU step, BENCHMARKS.md)."
+    )
     stop_on: list[str] = Field(default_factory=list, description="Alarm names that end the run (with a checkpoint).")
 
     @field_validator("stop_on")

@@ -349,6 +349,9 @@ def rollout_metrics(batch: RolloutBatch, scored: ScoredRollouts) -> dict[str, fl
         "rollout/accuracy": float(scored.correct.float().mean()),
         "rollout/completion_len_mean": float(lengths.mean()),
         "rollout/completion_len_max": float(lengths.max()),
+        # tokens of one templated prompt; with the completion lengths, the step's token count
+        # (bench/roofline.py turns it into FLOPs)
+        "rollout/prompt_len_mean": sum(map(len, batch.prompt_ids)) / max(1, batch.num_prompts),
         "rollout/truncated_frac": sum(r == "length" for r in batch.finish_reason) / max(1, len(batch.finish_reason)),
     }
     for name, col in scored.columns.items():

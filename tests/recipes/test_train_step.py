@@ -79,7 +79,7 @@ def _config(run_dir: Path, *overrides: str):
 
 def test_train_step_returns_a_typed_result(one_process):
     recipe = _recipe()
-    cfg = _config(one_process, 'rewards=[{name: "toy_rewards:char_parity"}]')
+    cfg = _config(one_process, 'rewards=[{name: "toy_rewards:char_parity"}]', "diagnostics.post_update_every=2")
     c = recipe.setup(cfg)
     try:
         assert isinstance(c, recipe.Components)
@@ -102,6 +102,8 @@ def test_train_step_returns_a_typed_result(one_process):
     assert m["train/lr"] == pytest.approx(1e-3)
     assert first.nonfinite_skips == 0 and m["train/nonfinite_skips"] == 0
     assert first.sync_max_abs_diff == 0.0  # the engine serves exactly the trainer's weights
+    # post_update_every=2: the post-update forward (and its displacement metrics) at step 2 only
+    assert "diag/logp_delta_pos" not in m and "diag/logp_delta_neg" in second.metrics
     assert first.samples == [] and len(second.samples) == 2  # sample_every=2: one row per prompt
     assert {type(s).__name__ for s in second.samples} == {"Sample"}
     assert all(s.reward in (0.0, 1.0) and s.prompt.startswith("What is") for s in second.samples)

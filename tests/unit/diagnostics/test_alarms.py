@@ -175,6 +175,18 @@ def test_lld_decay_steady_decrease():
     assert _fired(alarms) == {"lld_decay": [14]}
 
 
+def test_lld_measured_every_k_steps_judges_the_measured_updates():
+    # diagnostics.post_update_every = 5: D is logged only at steps 5, 10, 15, ... (-0.005 each,
+    # one update's change). Steps without it add nothing to D (no zero, no NaN), so the five
+    # values needed for a verdict exist first at step 25, all < -1e-4 -> decay at 25, not before.
+    stream = [{"reward/mean": _flat_reward(t), **({"diag/logp_delta_pos": -0.005} if t and t % 5 == 0 else {})}
+              for t in range(31)]
+    monitor = AlarmMonitor()
+    alarms = _run(monitor, stream)
+    assert _fired(alarms) == {"lld_decay": [25]}
+    assert monitor.state_dict()["hist"]["lpos"] == [-0.005] * 5
+
+
 def test_lld_collapse_accelerating_decrease():
     # t=10..14: -0.005 (decay fires at 14); then -0.005 * 1.6^(t-14): t=15 -0.008, t=16 -0.0128.
     # t=15: window [-.005, -.005, -.005, -.005, -.008]: early (first 2) -0.005, late (last 2)
