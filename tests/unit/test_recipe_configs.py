@@ -7,6 +7,8 @@ validation), the command names this very file, the accelerate config exists and 
 accelerate's own loader, selects DeepSpeed (the only trainer rlkit builds) with the recipe's
 ZeRO stage, and its process count divides the recipe's prompts per step. GPU recipes also say
 bf16 and vLLM, with a vLLM memory fraction that leaves the trainer room on the same GPU.
+The accelerate config files on their own, the Slurm script and the commands of
+docs/scaling.md: tests/unit/test_launchers.py (which reuses `fit_problems`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ import yaml
 from accelerate.commands.config.config_args import ClusterConfig
 from accelerate.utils import DistributedType
 
-from rlkit.config import load_config
+from rlkit.config import RecipeConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
-LAUNCH_CONFIGS = sorted((REPO / "launch" / "accelerate").glob("*.yaml"))
 _COMMAND = re.compile(r"accelerate launch (?P<opts>.*?)recipes/grpo_math\.py --config (?P<config>\S+)")
 
 
@@ -41,17 +42,14 @@ def _launch_command(path: Path) -> tuple[str, int | None, str]:
     return opts[opts.index("--config_file") + 1], procs, found["config"]
 
 
-def recipe_problems(path: Path) -> list[str]:
-    """What is wrong between a recipe and the launch command in its header ([] = nothing)."""
-    cfg = load_config(path)  # raises ConfigError on an invalid recipe
-    launch_file, procs, config = _launch_command(path)
-    problems = []
-    if Path(config).name != path.name:
-        problems.append(f"the launch command runs {config}, not this file")
+def fit_problems(cfg: RecipeConfig, launch_file: str, procs: int | None) -> list[str]:
+    """What is wrong between a validated recipe and the accelerate config file (a path relative
+    to the repository) that launches it with `procs` processes (None: the file's count)."""
     launch = REPO / launch_file
     if not launch.is_file():
-        return [*problems, f"{launch_file} does not exist"]
+        return [f"{launch_file} does not exist"]
     cluster = ClusterConfig.from_yaml_file(str(launch))
+    problems = []
     if cluster.distributed_type != DistributedType.DEEPSPEED:
         problems.append(f"{launch_file}: distributed_type {cluster.distributed_type}, rlkit trains with DEEPSPEED")
     if cluster.deepspeed_config.get("zero_stage") != cfg.trainer.zero_stage:
@@ -60,6 +58,17 @@ def recipe_problems(path: Path) -> list[str]:
     n = procs or cluster.num_processes
     if cfg.rollout.prompts_per_step % n:
         problems.append(f"rollout.prompts_per_step {cfg.rollout.prompts_per_step} does not divide over {n} processes")
+    return problems
+
+
+def recipe_problems(path: Path) -> list[str]:
+    """What is wrong between a recipe and the launch command in its header ([] = nothing)."""
+    cfg = load_config(path)  # raises ConfigError on an invalid recipe
+    launch_file, procs, config = _launch_command(path)
+    problems = []
+    if Path(config).name != path.name:
+        problems.append(f"the launch command runs {config}, not this file")
+    problems += fit_problems(cfg, launch_file, procs)
     if cfg.model.dtype == "bfloat16":  # the GPU recipes (on CPU `auto` picks per machine)
         if cfg.rollout.engine != "vllm" or cfg.rollout.dtype != "bfloat16":
             problems.append("a bf16 GPU recipe should roll out with vLLM in bf16")
@@ -92,25 +101,6 @@ def test_lora_recipe_differs_from_the_cpu_default_only_in_lora_lr_and_name():
     assert lora == full
 
 
-@pytest.mark.parametrize("path", LAUNCH_CONFIGS, ids=[p.name for p in LAUNCH_CONFIGS])
-def test_accelerate_config_parses_as_deepspeed(path):
-    cluster = ClusterConfig.from_yaml_file(str(path))  # accelerate's loader: unknown keys and types fail
-    assert cluster.distributed_type == DistributedType.DEEPSPEED
-    assert cluster.deepspeed_config.get("zero_stage") in (0, 1, 2, 3)
-    # precision, batch sizes and clipping come from the recipe (rlkit builds the DeepSpeed plugin)
-    assert cluster.mixed_precision == "no"
-    assert cluster.num_machines == 1 and cluster.num_processes >= 1
-
-
-def test_every_accelerate_config_is_used():
-    # referenced by a recipe's launch command, a launcher script, the CLI, the docs or the other tests
-    texts = [p.read_text() for pattern in ("recipes/configs/*.yaml", "launch/*.sh", "rlkit/cli.py", "docs/*.md",
-                                           "README.md", "tests/**/*.py")
-             for p in REPO.glob(pattern) if p != Path(__file__).resolve()]
-    unused = [p.name for p in LAUNCH_CONFIGS if not any(p.name in t for t in texts)]
-    assert unused == []
-
-
 # ----------------------------------------------------------------------------- the checks can fail
 
 
@@ -129,10 +119,3 @@ def test_a_recipe_that_does_not_fit_its_launch_file_is_reported(tmp_path):
         "rollout.prompts_per_step 100 does not divide over 8 processes",
         "rollout.gpu_memory_utilization 0.9: vLLM shares the GPU with the trainer; keep it in [0.2, 0.6]",
     ]
-
-
-def test_a_broken_accelerate_config_does_not_parse(tmp_path):
-    path = tmp_path / "typo.yaml"
-    path.write_text((REPO / "launch/accelerate/zero2_single.yaml").read_text().replace("DEEPSPEED", "DEEPSPED"))
-    with pytest.raises(ValueError, match="DEEPSPED"):
-        ClusterConfig.from_yaml_file(str(path))
