@@ -101,22 +101,25 @@ def machine_info() -> dict:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_model": cpu, "nproc": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
+        "cpu_flags": sorted(_cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
         "torch_cpu_capability": _torch_cpu_capability(),
         "mem_total_gib": round(mem_gib, 1), "python": platform.python_version(), "versions": versions,
         "git_commit": commit.strip(), "git_dirty_files": [line[3:] for line in dirty if line.strip()],
     }
 
 
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Without it (e.g. an
     AVX2-only EPYC) torch's bf16 GEMM falls back to a reference loop that is several times
     slower than fp32, and so do vLLM's CPU kernels: bf16 then only measures that fallback."""
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def _torch_cpu_capability() -> str:
