@@ -10,18 +10,17 @@ diagnostics), then reads the sampled stacks of the training process:
 - every sample whose stack holds `train_step` is a sample of a step (the loop's logging,
   checkpointing and evaluation are outside it and counted apart);
 - a step sample is put in the first category of `CATEGORIES` whose frame pattern its stack
-  holds (the order matters: the optimizer step runs inside the backward call);
-- inside the forward and backward passes, the native leaf frame says whether the CPU was in a
-  matrix-multiply kernel (oneDNN/MKL GEMM, flash attention), an elementwise kernel, the
-  allocator, or an unresolved address (libgomp: threads waiting at an OpenMP barrier).
+  holds (the order matters: the optimizer step runs inside the backward call).
+py-spy's native leaves do not say which kernel ran: oneDNN's GEMMs are JIT-generated code
+without symbols and the autograd engine's frames do not resolve, so the split of the forward
+and backward into arithmetic and the rest comes from `--ops` below.
 
 `--ops` adds an op-level view of the train phase's core: `torch.profiler` over one forward +
 backward of `compute_logprobs` (shared prefix, chunked logprobs, entropy) at the workload's
 shape (8 prompts of 40 tokens, 8 completions of 36 tokens each, one micro-batch), fp32 weights
 under bf16 autocast as the trainer runs them on a bf16 CPU. Its ops are summed by kind: matrix
 multiplies and attention, dtype casts (autocast re-casts the fp32 weights at every forward),
-elementwise and reductions, the rest. py-spy cannot split the backward this way: the autograd
-engine's native frames do not resolve.
+elementwise and reductions, the rest.
 
 Writes bench/results/profile_step.json (the table, the command, the machine) and
 bench/results/profile_step.raw.gz (the collapsed stacks: `zcat ... | flamegraph.pl` or
@@ -64,53 +63,27 @@ CATEGORIES = (
     ("old-policy token pass", "token_pass ("),
     ("diagnostics metrics", "step_metrics ("),
 )
-# native leaf of a forward/backward sample -> kind
-LEAF_KINDS = (
-    ("GEMM / attention kernel", re.compile(r"gemm|brgemm|dnnl|onednn|mkl_blas|flash_attention|matmul", re.I)),
-    ("elementwise / reduction kernel", re.compile(r"for_each|vml|exp|vectorized|reduce|softmax|copy|fill|binary|unary",
-                                                   re.I)),
-    ("allocator", re.compile(r"malloc|free|mmap|munmap|operator new|dealloc", re.I)),
-    ("unresolved native (OpenMP barrier wait)", re.compile(r"^0x[0-9a-f]+$")),
-)
-
-
-def parse_raw(path: Path) -> list[tuple[list[str], int]]:
+def parse_raw(text: str) -> list[tuple[list[str], int]]:
+    """py-spy's raw output: one `frame;frame;...;leaf count` line per distinct stack."""
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         m = re.match(r"(.*) (\d+)$", line)
         if m:
             rows.append((m.group(1).split(";"), int(m.group(2))))
     return rows
 
 
-def leaf_kind(frames: list[str]) -> str:
-    leaf = frames[-1].split(" (")[0].strip()
-    if ".py:" in frames[-1]:
-        return "Python (interpreter)"
-    for kind, pat in LEAF_KINDS:
-        if pat.search(leaf):
-            return kind
-    return "other native"
-
-
 def categorize(rows: list[tuple[list[str], int]]) -> dict:
+    """Shares of the step samples per category (see CATEGORIES)."""
     total = sum(n for _, n in rows)
     step_rows = [(f, n) for f, n in rows if any(x.startswith("train_step (") for x in f)]
     in_step = sum(n for _, n in step_rows)
     cats: collections.Counter = collections.Counter()
-    kinds: dict[str, collections.Counter] = {"train forward": collections.Counter(),
-                                             "train backward": collections.Counter(),
-                                             "generate (vLLM)": collections.Counter()}
     for frames, n in step_rows:
         joined = ";".join(frames)
-        cat = next((c for c, pat in CATEGORIES if pat in joined), "other (Python glue, metrics, packing)")
-        cats[cat] += n
-        if cat in kinds:
-            kinds[cat][leaf_kind(frames)] += n
+        cats[next((c for c, pat in CATEGORIES if pat in joined), "other (Python glue, metrics, packing)")] += n
     return {"samples_total": total, "samples_in_steps": in_step,
-            "categories": {c: round(n / in_step, 4) for c, n in cats.most_common()},
-            "leaf_kinds": {c: {k: round(n / max(1, sum(v.values())), 4) for k, n in v.most_common()}
-                           for c, v in kinds.items()}}
+            "categories": {c: round(n / in_step, 4) for c, n in cats.most_common()}}
 
 
 OP_KINDS = (
@@ -171,9 +144,21 @@ def main() -> None:
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--ops", action="store_true", help="also the op-level profile of one forward + backward")
     p.add_argument("--ops-only", action="store_true", help="only that (no recipe run); prints it")
+    p.add_argument("--from-raw", type=Path, default=None,
+                   help="re-read the categories of a saved profile (profile_step.raw.gz) into --out, keeping the rest")
     a = p.parse_args()
     if a.ops_only:
         print(json.dumps(op_profile(), indent=2))
+        return
+    if a.from_raw:
+        report = json.loads(a.out.read_text())
+        text = gzip.open(a.from_raw, "rt").read() if a.from_raw.suffix == ".gz" else a.from_raw.read_text()
+        report.pop("leaf_kinds", None)
+        report.update(categorize(parse_raw(text)))
+        if report.get("unprofiled_step_s"):
+            report["seconds"] = {c: round(x * report["unprofiled_step_s"], 2) for c, x in report["categories"].items()}
+        a.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["categories"], indent=2))
         return
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -196,7 +181,7 @@ def main() -> None:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0 or not raw.exists():
         sys.exit(f"the profiled run failed (rc={rc}); see {work / 'profile.log'}")
-    table = categorize(parse_raw(raw))
+    table = categorize(parse_raw(raw.read_text()))
     rows = [json.loads(x) for x in (work / "run/metrics.jsonl").read_text().splitlines()]
     profiled_step_s = sum(r["time/step"] for r in rows[1:]) / max(1, len(rows) - 1)
     step_s = None
@@ -214,7 +199,7 @@ def main() -> None:
     a.out.write_text(json.dumps(report, indent=2) + "\n")
     with open(raw, "rb") as src, gzip.open(a.out.with_suffix(".raw.gz"), "wb") as dst:
         shutil.copyfileobj(src, dst)
-    print(json.dumps({k: report[k] for k in ("categories", "leaf_kinds")}, indent=2))
+    print(json.dumps(report["categories"], indent=2))
     print(f"wrote {a.out} and {a.out.with_suffix('.raw.gz')}")
 
 
