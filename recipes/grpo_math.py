@@ -378,6 +378,8 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     })
     if sync_diff is not None:
         metrics["train/sync_max_abs_diff"] = sync_diff
+    if full_batch.weight_version is not None:  # engines that count versions (server): which weights sampled
+        metrics["rollout/weight_version"] = float(full_batch.weight_version)
     metrics = mean_across_ranks(acc, metrics, weight=len(got.drawn))
     metrics["rollout/distinct_prompts"] = distinct_across_ranks(acc, got.drawn)
     skips = int(sum_across_ranks(acc, update.nonfinite_skips))
