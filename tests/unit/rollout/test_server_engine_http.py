@@ -231,3 +231,18 @@ def test_a_server_with_pushed_weights_is_reset_to_its_checkpoint(tiny_model_path
     engine(tiny_model_path, [fake.url], tmp_path).close()
     rpc = fake.posts("/collective_rpc")[-1]
     assert rpc["kwargs"]["weights_path"] == tiny_model_path and fake.version == "0"
+
+
+def test_build_engine_takes_the_recipes_settings(tiny_model_path, tmp_path, fakes):
+    """The recipe passes one set of engine settings; the vLLM-only ones mean nothing to a server
+    engine and are dropped, the server ones reach it."""
+    from rlkit.rollout.engine import build_engine
+
+    fake = fakes()
+    eng = build_engine("server", tiny_model_path, dtype="float32", seed=0, chat_template=True, max_model_len=512,
+                       gpu_memory_utilization=0.3, cpu_kvcache_gib=1, enforce_eager=True,
+                       distributed_executor_backend=None, servers=[fake.url], timeout_s=5.0, retries=0,
+                       weight_dir=str(tmp_path / "w"), served_model_name=NAME)
+    assert isinstance(eng, ServerEngine) and eng.servers == [fake.url] and eng.dtype == torch.float32
+    assert (eng.timeout_s, eng.retries, eng.weight_dir) == (5.0, 0, (tmp_path / "w").resolve())
+    eng.close()
