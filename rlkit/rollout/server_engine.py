@@ -204,15 +204,19 @@ class ServerEngine:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rlkit-server")
 
-        names = {self.model_path, str(Path(self.model_path).expanduser().resolve())}
-        if served_model_name:
-            names.add(served_model_name)
+        # the names the served model may go by: the path as given, resolved, and the config's name
+        names = [self.model_path, str(Path(self.model_path).expanduser().resolve()), served_model_name]
+        names = list(dict.fromkeys(n for n in names if n))
         self._model_names: dict[str, str] = {}  # url -> the id to send as "model"
         self._originals: dict[str, str] = {}  # url -> the checkpoint the server started from
         self._reload_method: dict[str, str] = {}
         self.dtype: torch.dtype | None = _DTYPES.get(dtype) if dtype else None
-        for url in self.servers:
-            self._health_check(url, names, max_model_len, tied)
+        try:
+            for url in self.servers:
+                self._health_check(url, names, max_model_len, tied)
+        except BaseException:
+            self.close()
+            raise
         log.info("server rollout engine: %d server(s) %s serving %s (%s)", len(self.servers),
                  ", ".join(self.servers), self.model_path, str(self.dtype).removeprefix("torch."))
 
@@ -227,7 +231,7 @@ class ServerEngine:
             raise ServerError(f"vLLM server {url} is not reachable ({_why(exc)}); is it running? "
                               "Start one with `rlkit serve MODEL --port PORT`") from None
 
-    def _health_check(self, url: str, names: set[str], max_model_len: int | None, tied: bool) -> None:
+    def _health_check(self, url: str, names: list[str], max_model_len: int | None, tied: bool) -> None:
         """The server is up, serves the configured model with the settings rollouts need."""
         self._get(url, "/health")
         models = self._get(url, "/v1/models")
@@ -235,10 +239,10 @@ class ServerEngine:
         match = next((m for m in cards if m.get("id") in names or m.get("root") in names), None)
         if match is None:
             served = ", ".join(f"{m.get('id')} ({m.get('root')})" for m in cards) or "nothing"
+            also = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
             raise ServerError(
-                f"vLLM server {url} serves {served}, but this run's model is {sorted(names)[0]}"
-                f"{' (also called ' + ', '.join(sorted(names)[1:]) + ')' if len(names) > 1 else ''}; "
-                "start the server with this model (rlkit serve MODEL), or point rollout.servers at one that has it")
+                f"vLLM server {url} serves {served}, but this run's model is {names[0]}{also}; start the "
+                "server with this model (rlkit serve MODEL), or point rollout.servers at one that serves it")
         self._model_names[url] = match["id"]
         self._originals[url] = match.get("root") or match["id"]
         if max_model_len is not None and match.get("max_model_len") and match["max_model_len"] < max_model_len:
