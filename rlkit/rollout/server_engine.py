@@ -291,7 +291,7 @@ class ServerEngine:
             version = (_request("GET", url + "/weight_info", timeout=30.0) or {}).get("weight_version")
         except (_HTTPStatusError, OSError, TimeoutError):
             version = None
-        if version not in (None, "", "0"):
+        if version not in (None, "", "0", "default"):  # "default": vLLM's until a version is set
             # Another run pushed its weights here: start from the checkpoint the server was started with.
             log.info("vLLM server %s serves pushed weights (version %s); reloading %s", url, version,
                      self._originals[url])

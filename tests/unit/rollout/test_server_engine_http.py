@@ -28,7 +28,7 @@ class FakeVLLM:
     that many POST /v1/completions answer 503."""
 
     def __init__(self, root: str, *, model: str = NAME, logprobs_mode: str = "processed_logprobs",
-                 dev_routes: bool = True, extension: bool = True, version: str | None = None) -> None:
+                 dev_routes: bool = True, extension: bool = True, version: str | None = "default") -> None:
         self.root, self.model, self.logprobs_mode = root, model, logprobs_mode
         self.dev_routes, self.extension, self.version = dev_routes, extension, version
         self.calls: list[tuple[str, str, object]] = []
