@@ -110,11 +110,20 @@ def setup(cfg: RecipeConfig) -> Components:
         teacher = load_teacher(resolve_model(cfg.model.teacher_model), policy.unwrapped(), model_path)
         teacher.to(accelerator.device)
 
+    server = {}
+    if r.engine == "server":  # running vLLM servers (docs/rollout.md, "Rollouts on vLLM servers")
+        if accelerator.num_processes > 1:
+            raise ConfigError(f"rollout.engine: server with {accelerator.num_processes} trainer processes is not "
+                              "built yet (each rank would push its own weight sync); run one trainer process, "
+                              "or use rollout.engine: vllm")
+        server = dict(servers=list(r.servers), timeout_s=r.server_timeout_s, retries=r.server_retries,
+                      weight_dir=r.weight_dir or str(Path(cfg.run.output_dir) / "server_weights"),
+                      served_model_name=cfg.model.name_or_path)
     engine = build_engine(
         r.engine, model_path, dtype=resolve_dtype(r.dtype), seed=cfg.trainer.seed, chat_template=r.chat_template,
         max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
         cpu_kvcache_gib=r.cpu_kvcache_gib, enforce_eager=r.enforce_eager,
-        distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None,
+        distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None, **server,
     )
     d = cfg.diagnostics
     return Components(
@@ -369,6 +378,8 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     })
     if sync_diff is not None:
         metrics["train/sync_max_abs_diff"] = sync_diff
+    if full_batch.weight_version is not None:  # engines that count versions (server): which weights sampled
+        metrics["rollout/weight_version"] = float(full_batch.weight_version)
     metrics = mean_across_ranks(acc, metrics, weight=len(got.drawn))
     metrics["rollout/distinct_prompts"] = distinct_across_ranks(acc, got.drawn)
     skips = int(sum_across_ranks(acc, update.nonfinite_skips))
@@ -508,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="recipe YAML (see recipes/configs/)")
     parser.add_argument("overrides", nargs="*", help="a.b.c=value overrides")
     args = parser.parse_args(argv)
+    from rlkit.rollout.server_engine import ServerError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
@@ -522,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as exc:  # an alarm in diagnostics.stop_on, or too many non-finite steps
         print(exc, file=sys.stderr)
         return 3
+    except ServerError as exc:  # rollout.engine server: a server down, refused, or out of retries
+        print(exc, file=sys.stderr)
+        return 4
     print(f"run directory: {run_dir}")
     return 0
 

@@ -1,4 +1,4 @@
-"""The `rlkit` command: train | validate | config | fetch-model | report | bench.
+"""The `rlkit` command: train | validate | config | fetch-model | serve | report | bench.
 
 Heavy libraries (torch, transformers, vLLM) are imported only inside the subcommand that
 needs them, after argument parsing, so `rlkit --help` and config errors answer instantly.
@@ -85,6 +85,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Start a vLLM server for rollouts (rlkit/rollout/serve.py), print its URL, stop it on
+    Ctrl-C / SIGTERM."""
+    import signal
+
+    from rlkit.assets import resolve_model
+    from rlkit.rollout.serve import server_command, shell_command, start_server
+
+    model = resolve_model(args.model)
+    settings = dict(dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed, kv_gib=args.kv_gib,
+                    served_model_name=args.served_model_name or args.model, enforce_eager=args.enforce_eager,
+                    extra_args=list(getattr(args, "vllm_args", [])))
+    argv, env = server_command(model, host=args.host, port=args.port, **settings)
+    print(f"starting: {shell_command(argv, env)}", flush=True)
+    if args.dry_run:
+        return 0
+    server = start_server(model, host=args.host, port=args.port, **settings)
+    stopping = []
+
+    def _stop(signum, _frame):  # Ctrl-C or SIGTERM: stop the server, then exit
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.wait_healthy(timeout_s=args.start_timeout)
+        print(f"vLLM server ready: {server.url}  (rollout.engine=server rollout.servers=[{server.url}]); "
+              "Ctrl-C stops it", flush=True)
+        return server.proc.wait()
+    except KeyboardInterrupt:
+        print("stopping the vLLM server", file=sys.stderr, flush=True)
+        return 0
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from rlkit.diagnostics.report import write_report
 
@@ -131,6 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accelerate-config", default="zero2_single.yaml", help="file in launch/accelerate/")
     t.set_defaults(fn=_cmd_train)
 
+    s = sub.add_parser("serve", usage="rlkit serve MODEL [options] [-- vLLM server arguments]",
+                       help="start a vLLM server for rollout.engine: server (a thin wrapper of vLLM's "
+                       "OpenAI server; prints the equivalent command)")
+    s.add_argument("model", help="model alias (smollm2-135m), local directory or hub id")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (the dev routes it enables can change "
+                   "the served weights: keep it on a trusted network)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="served dtype; auto as rollout.dtype: auto resolves (bf16 where native, else fp32)")
+    s.add_argument("--kv-gib", type=int, default=2, help="CPU: KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE)")
+    s.add_argument("--max-model-len", type=int, default=1024, help="at least the run's rollout.max_model_len")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--served-model-name", default=None, help="name in /v1/models (default: MODEL as given)")
+    s.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                   help="no graph compilation (default: on for CPU, off for GPU)")
+    s.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for /health")
+    s.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    # after `--`: more vLLM server arguments, passed as they are (split off in main)
+    s.set_defaults(fn=_cmd_serve)
+
     r = sub.add_parser("report", help="write an HTML report (+ PNGs) of a run directory")
     r.add_argument("run_dir")
     r.add_argument("--out", help="output directory (default: RUN_DIR/report)")
@@ -145,7 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # rlkit serve MODEL [options] -- [vLLM server arguments]
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    args.vllm_args = rest
     return int(args.fn(args) or 0)
 
 

@@ -218,8 +218,26 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    engine: Literal["vllm", "hf", "auto"] = Field(
-        "auto", description="vLLM (CPU or GPU build), transformers.generate, or vLLM when installed."
+    engine: Literal["vllm", "hf", "server", "auto"] = Field(
+        "auto", description="vLLM in-process (CPU or GPU build), transformers.generate, running vLLM servers "
+        "(rollout.servers; docs/rollout.md), or vLLM when installed."
+    )
+    servers: list[str] = Field(
+        default_factory=list, description="engine server: base URLs of running vLLM servers (e.g. "
+        "http://127.0.0.1:8000, started with `rlkit serve`); prompts are spread over them round-robin."
+    )
+    server_timeout_s: float = Field(
+        600.0, gt=0, description="engine server: seconds one request may take (a generation request includes its "
+        "whole decode) before it is retried."
+    )
+    server_retries: int = Field(
+        3, ge=0, description="engine server: extra attempts after a failed request (connection error, timeout, "
+        "server error), with exponential backoff from 1 s, moving to the next server; then the run stops naming it."
+    )
+    weight_dir: str | None = Field(
+        None, description="engine server: directory weight syncs are written to as safetensors and every server "
+        "reloads from; the same path on the servers' machines (a shared filesystem). null = "
+        "<run.output_dir>/server_weights."
     )
     prompts_per_step: int = Field(8, gt=0, description="B: prompts sampled per training step.")
     group_size: int = Field(8, gt=0, description="G: completions sampled per prompt.")
@@ -248,6 +266,26 @@ class RolloutConfig(_Section):
         300.0, gt=0, description="A reward function call running longer fails: its rows score 0 this step and "
         "the failure is counted (`reward/<name>/failures`); null = wait forever."
     )
+
+    @field_validator("servers")
+    @classmethod
+    def _server_urls(cls, urls: list[str]) -> list[str]:
+        from urllib.parse import urlparse
+
+        for i, url in enumerate(urls):
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(f"rollout.servers.{i}: '{url}' is not a server URL; it accepts http(s)://host:port "
+                                 "URLs, e.g. http://127.0.0.1:8000")
+        return urls
+
+    @model_validator(mode="after")
+    def _server_engine_has_servers(self) -> RolloutConfig:
+        if self.engine == "server" and not self.servers:
+            raise ValueError("rollout.servers: rollout.engine is server, which needs a non-empty list of vLLM server "
+                             "URLs (http(s)://host:port, e.g. [http://127.0.0.1:8000]; start one with "
+                             "`rlkit serve MODEL --port 8000`)")
+        return self
 
 
 class RewardSpec(_Section):

@@ -112,12 +112,12 @@ def vllm_available() -> bool:
 
 
 def build_engine(
-    kind: Literal["vllm", "hf", "auto"] | str, model_path: str | Path, **kwargs: Any
+    kind: Literal["vllm", "hf", "server", "auto"] | str, model_path: str | Path, **kwargs: Any
 ) -> RolloutEngine:
     """Construct an engine by registered name (`ENGINES`) or import path; `auto` picks vLLM
     when importable, else transformers.
 
-    `kwargs` go to the engine's constructor (see `VLLMEngine` / `HFEngine`); the heavy
+    `kwargs` go to the engine's constructor (see `VLLMEngine` / `HFEngine` / `ServerEngine`); the heavy
     imports happen there, not at module import, so config validation stays instant.
     """
     if kind == "auto":
@@ -138,7 +138,9 @@ def build_engine(
 ENGINES: Registry[type] = Registry("engine kind", base=object)
 
 from rlkit.rollout.hf_engine import HFEngine  # noqa: E402
+from rlkit.rollout.server_engine import ServerEngine  # noqa: E402
 from rlkit.rollout.vllm_engine import VLLMEngine  # noqa: E402
 
 ENGINES.register("hf")(HFEngine)
+ENGINES.register("server")(ServerEngine)
 ENGINES.register("vllm")(VLLMEngine)

@@ -72,6 +72,9 @@ class RolloutBatch:
     completion_texts: list[str]  # N decoded completions (special tokens skipped, stop string cut)
     finish_reason: list[str]  # N of "stop" | "length" | "abort"
     rewards: Tensor | None = None  # [N], filled by the reward stage
+    # The engine's weight version that sampled every row (0 = the weights it started with, +1
+    # per weight sync); None for engines that do not count versions (the in-process ones).
+    weight_version: int | None = None
 
     def __post_init__(self) -> None:
         n = self.completion_ids.shape[0]
@@ -173,12 +176,14 @@ class RolloutBatch:
             completion_texts=[self.completion_texts[i] for i in rows.tolist()],
             finish_reason=[self.finish_reason[i] for i in rows.tolist()],
             rewards=None if self.rewards is None else self.rewards[rows],
+            weight_version=self.weight_version,
         )
 
     @classmethod
     def concat(cls, batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
         """One batch of all prompts of `batches` (same group size), in order, re-padded to the
-        longest row; prompts are renumbered 0..B-1."""
+        longest row; prompts are renumbered 0..B-1. Its `weight_version` is the oldest of the
+        batches' (None when any has none)."""
         if not batches:
             raise ValueError("concat needs at least one batch")
         g = {b.group_size for b in batches if b.num_prompts}
@@ -203,4 +208,11 @@ class RolloutBatch:
             completion_texts=[c for b in batches for c in b.completion_texts],
             finish_reason=[f for b in batches for f in b.finish_reason],
             rewards=None if any(r is None for r in rewards) else torch.cat(rewards),
+            weight_version=_oldest_version(batches),
         )
+
+
+def _oldest_version(batches: Sequence[RolloutBatch]) -> int | None:
+    """The smallest weight version of `batches`, None when any batch has none."""
+    versions = [b.weight_version for b in batches]
+    return None if any(v is None for v in versions) else min(versions)

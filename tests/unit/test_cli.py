@@ -15,7 +15,7 @@ import yaml
 from rlkit.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ["validate", "config", "fetch-model", "train", "report", "bench"]
+SUBCOMMANDS = ["validate", "config", "fetch-model", "train", "serve", "report", "bench"]
 HEAVY = ["torch", "transformers", "vllm", "datasets", "deepspeed", "accelerate", "math_verify"]
 
 # Runs in a fresh interpreter: parse `--help` of the top level and every subcommand through
@@ -217,6 +217,24 @@ def test_train_takes_the_process_count_from_the_accelerate_config_unless_given(m
     assert "--num_processes" not in first  # the file's 8
     assert first[-3:] == ["--config", cfg, "trainer.max_steps=2"]
     assert second[second.index("--num_processes") + 1] == "2"
+
+
+def test_serve_dry_run_prints_the_vllm_command(tmp_path, capsys):
+    """`rlkit serve` is vLLM's own server with the rollout settings; --dry-run shows the command
+    (arguments after `--` go to vLLM as they are) and starts nothing."""
+    assert main(["serve", str(tmp_path), "--port", "8123", "--dtype", "float32", "--kv-gib", "3",
+                 "--dry-run", "--", "--max-num-seqs", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "VLLM_SERVER_DEV_MODE=1" in out
+    assert "-m vllm.entrypoints.openai.api_server" in out
+    for flag in (f"--model {tmp_path}", "--port 8123", "--host 127.0.0.1", "--dtype float32",
+                 "--logprobs-mode processed_logprobs", "--worker-extension-cls rlkit.rollout.server_worker",
+                 "--max-num-seqs 64"):
+        assert flag in out
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "VLLM_CPU_KVCACHE_SPACE=3" in out and "--enforce-eager" in out
 
 
 def test_bench_unknown_name_exits_2(capsys):

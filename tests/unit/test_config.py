@@ -161,7 +161,22 @@ BAD_CONFIGS = [
     (
         "unknown_literal_engine",
         _cfg(rollout={"engine": "sglang"}),
-        ["config error at rollout.engine", "got 'sglang'", "'vllm', 'hf' or 'auto'"],
+        ["config error at rollout.engine", "got 'sglang'", "'vllm', 'hf', 'server' or 'auto'"],
+    ),
+    (
+        "server_engine_without_servers",
+        _cfg(rollout={"engine": "server"}),
+        ["config error at rollout.servers", "rollout.engine is server", "non-empty list", "http(s)://host:port"],
+    ),
+    (
+        "server_url_without_scheme",
+        _cfg(rollout={"engine": "server", "servers": ["127.0.0.1:8000"]}),
+        ["config error at rollout.servers.0", "'127.0.0.1:8000' is not a server URL", "http(s)://host:port"],
+    ),
+    (
+        "negative_server_retries",
+        _cfg(rollout={"engine": "server", "servers": ["http://127.0.0.1:8000"], "server_retries": -1}),
+        ["config error at rollout.server_retries", "got -1"],
     ),
     (
         "unknown_literal_in_list",

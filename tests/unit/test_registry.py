@@ -129,7 +129,7 @@ def test_names_are_sorted_and_set_on_the_entries():
     assert "grpo" in ADVANTAGES and "ppo" not in LOSSES
     assert list(REGULARIZERS) == available_regularizers() == ["kdrl", "llds"]
     assert "overlong_penalty" in available_rewards()
-    assert ENGINES.names() == ["hf", "vllm"]
+    assert ENGINES.names() == ["hf", "server", "vllm"]
     assert get_advantage("grpo").estimator_name == "grpo"
     assert get_loss_class("dapo").loss_name == "dapo"
     assert get_regularizer_class("llds").name == "llds"

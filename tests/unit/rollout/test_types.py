@@ -32,6 +32,24 @@ def test_from_rows_pads_masks_and_groups():
     assert batch.rewards is None
 
 
+def _two_by_two(version):
+    batch = RolloutBatch.from_rows(prompt_ids=[[1], [2]], prompt_texts=["a", "b"], group_size=2,
+                                   token_ids=[[5], [6], [7], [8]], logprobs=[[-1.0]] * 4, texts=["w", "x", "y", "z"],
+                                   finish_reason=["stop"] * 4, pad_id=0)
+    batch.weight_version = version
+    return batch
+
+
+def test_weight_version_survives_selection_and_concat():
+    """The server engine tags each batch with the weights that sampled it; dynamic sampling's
+    select/concat keep it (the oldest when batches differ, None when any has none)."""
+    assert _two_by_two(None).weight_version is None  # engines that do not count versions
+    assert _two_by_two(3).select_groups([1]).weight_version == 3
+    assert RolloutBatch.concat([_two_by_two(3), _two_by_two(3)], pad_id=0).weight_version == 3
+    assert RolloutBatch.concat([_two_by_two(4), _two_by_two(3)], pad_id=0).weight_version == 3
+    assert RolloutBatch.concat([_two_by_two(4), _two_by_two(None)], pad_id=0).weight_version is None
+
+
 def test_from_rows_rejects_mismatched_logprobs():
     with pytest.raises(ValueError, match="logprobs"):
         RolloutBatch.from_rows(prompt_ids=[[1]], prompt_texts=["a"], group_size=1,
