@@ -360,9 +360,9 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     # 7. Metrics: one key per quantity, tensors until the logger turns them into numbers.
     metrics = {**rollout_metrics(full_batch, full_scored), **got.metrics, **update.metrics, **pass_metrics,
                **mix_metrics, **canary}
-    if cfg.diagnostics.enabled:
+    d = cfg.diagnostics
+    if d.enabled:
         new_lp = None
-        d = cfg.diagnostics
         if d.post_update_logprobs and step % d.post_update_every == 0:
             new_lp = post_update_logprobs(c.policy, batch, advantages, update.first_logprobs, c.forward)
         metrics.update(step_metrics(DiagInputs(

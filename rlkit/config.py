@@ -270,11 +270,8 @@ class RolloutConfig(_Section):
     @field_validator("servers")
     @classmethod
     def _server_urls(cls, urls: list[str]) -> list[str]:
-        from urllib.parse import urlparse
-
         for i, url in enumerate(urls):
-            parsed = urlparse(url)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            if not is_server_url(url):
                 raise ValueError(f"rollout.servers.{i}: '{url}' is not a server URL; it accepts http(s)://host:port "
                                  "URLs, e.g. http://127.0.0.1:8000")
         return urls
@@ -507,6 +504,14 @@ class LoggingConfig(_Section):
                     f"logging.trackers: '{name}' needs the `{module}` package, which is not installed; install "
                     f"rlkit's trackers extra (pip install -e '.[trackers]') or remove '{name}' from logging.trackers")
         return names
+
+
+def is_server_url(url: str) -> bool:
+    """http(s)://host[:port]: what `rollout.servers` and the server engine accept."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(str(url))
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
 
 
 def _module_installed(name: str) -> bool:

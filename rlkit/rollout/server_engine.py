@@ -53,7 +53,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +62,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlkit.config import is_server_url
 from rlkit.rollout.engine import Prompt, pad_token_id, render_prompts
 from rlkit.rollout.types import FINISH_REASONS, RolloutBatch, SamplingConfig
 
@@ -90,8 +90,7 @@ def check_server_urls(urls: Sequence[str]) -> list[str]:
     """URLs without a trailing slash; ValueError for anything that is not http(s)://host[:port]."""
     out = []
     for url in urls:
-        parsed = urllib.parse.urlparse(str(url))
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        if not is_server_url(url):
             raise ValueError(f"'{url}' is not an http(s) URL such as http://127.0.0.1:8000")
         out.append(str(url).rstrip("/"))
     if not out:
