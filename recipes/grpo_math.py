@@ -8,6 +8,8 @@ One step:
     sample B prompts -> G completions each (vLLM) -> rewards -> advantages
     -> num_iterations x mini_batches of forward/loss/backward/step (DeepSpeed)
     -> push the new weights into vLLM -> metrics, diagnostics, checkpoint.
+With rollout.async the next step's rollouts are generated while this step trains
+(rlkit/trainer/prefetch.py).
 The algorithm is whatever the config names: advantage estimator, loss class, coefficients.
 """
 
@@ -32,6 +34,16 @@ log = logging.getLogger("grpo_math")
 
 class RunStopped(RuntimeError):
     """The run stopped early on purpose (the message says why) after writing a checkpoint."""
+
+
+class ServerLost(RuntimeError):
+    """A rollout server failed mid-step (rollout.engine: server, out of retries). `complete`
+    is the last step whose state is whole (the policy, the alarms, and `sampler_state`, the
+    sampler as it was before the failed step drew), so a checkpoint of it loses nothing."""
+
+    def __init__(self, error: Exception, complete: int, sampler_state: dict) -> None:
+        super().__init__(str(error))
+        self.error, self.complete, self.sampler_state = error, complete, sampler_state
 
 
 # ----------------------------------------------------------------------------- setup
@@ -65,6 +77,7 @@ def setup(cfg: RecipeConfig) -> Components:
         load_causal_lm,
         load_teacher,
     )
+    from rlkit.trainer.prefetch import RolloutPrefetcher
     from rlkit.trainer.update import ForwardSettings, ScaledRegularizer
 
     torch.manual_seed(cfg.trainer.seed)
@@ -112,19 +125,18 @@ def setup(cfg: RecipeConfig) -> Components:
 
     server = {}
     if r.engine == "server":  # running vLLM servers (docs/rollout.md, "Rollouts on vLLM servers")
-        if accelerator.num_processes > 1:
-            raise ConfigError(f"rollout.engine: server with {accelerator.num_processes} trainer processes is not "
-                              "built yet (each rank would push its own weight sync); run one trainer process, "
-                              "or use rollout.engine: vllm")
+        # With several trainer ranks rank 0 pushes the weights; the others wait at a barrier.
         server = dict(servers=list(r.servers), timeout_s=r.server_timeout_s, retries=r.server_retries,
                       weight_dir=r.weight_dir or str(Path(cfg.run.output_dir) / "server_weights"),
-                      served_model_name=cfg.model.name_or_path)
+                      served_model_name=cfg.model.name_or_path, sync_leader=accelerator.is_main_process)
     engine = build_engine(
         r.engine, model_path, dtype=resolve_dtype(r.dtype), seed=cfg.trainer.seed, chat_template=r.chat_template,
         max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
         cpu_kvcache_gib=r.cpu_kvcache_gib, enforce_eager=r.enforce_eager,
         distributed_executor_backend="external_launcher" if accelerator.num_processes > 1 else None, **server,
     )
+    if server:
+        accelerator.wait_for_everyone()  # the leader's health check may reset a server: nobody samples before
     d = cfg.diagnostics
     return Components(
         run_dir=Path(cfg.run.output_dir), accelerator=accelerator, policy=policy, loss_fn=loss_fn,
@@ -151,6 +163,7 @@ def setup(cfg: RecipeConfig) -> Components:
                                 micro_batch_tokens=cfg.trainer.micro_batch_tokens, gen_budget=r.max_new_tokens),
         sampling=SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, stop=list(r.stop)),
+        prefetcher=RolloutPrefetcher() if r.prefetch else None,
     )
 
 
@@ -202,7 +215,16 @@ def restore(cfg: RecipeConfig, c: Components) -> int:
         except ValueError as exc:
             raise refuse(str(exc)) from None
     sync_weights(c.engine, c.policy)  # the engine starts from the base model: bring it up to date
+    if cfg.rollout.engine == "server":
+        c.accelerator.wait_for_everyone()  # the leader's push is on the servers before anyone samples
     return int(state["step"])
+
+
+def sampler_state(c: Components) -> dict:
+    """The sampler's state for a checkpoint: with a prefetch pending, as it was before the
+    prefetch drew (a resumed run draws those prompts again)."""
+    pending = c.prefetcher.pending if c.prefetcher is not None else None
+    return pending.sampler_state if pending is not None else c.sampler.state_dict()
 
 
 # ----------------------------------------------------------------------------- one step
@@ -215,6 +237,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     from rlkit.algorithms.mixing import ReLIFT
     from rlkit.algorithms.token_weights import TokenFeatures, TokenWeightInputs
     from rlkit.diagnostics.metrics import DiagInputs, step_metrics
+    from rlkit.rollout.server_engine import ServerError
     from rlkit.rollout.weight_sync import trainer_weights_for_engine
     from rlkit.trainer.collect import (
         collect_rollouts,
@@ -233,6 +256,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         sum_across_ranks,
     )
     from rlkit.trainer.guard import kill_point, set_step, test_hook
+    from rlkit.trainer.prefetch import overlap_seconds
     from rlkit.trainer.sft import kd_row_weights, mix_step, relift_step
     from rlkit.trainer.token_pass import token_pass
     from rlkit.trainer.update import (
@@ -249,14 +273,32 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
 
     # 1. Rollouts, scored. Every rank draws the same indices (one sampler state) and keeps its
     #    share; the samples are a function of (seed, step, rank), so a resumed run repeats them.
+    #    With rollout.async the first round was drawn and generated during the last step.
     seed_rollout(t.seed, step, acc.process_index)
-    got = collect_rollouts(
-        lambda: rank_shard(c.sampler.next_indices(r.prompts_per_step, step), acc.process_index, acc.num_processes),
-        c.train_problems,
-        lambda problems: c.engine.generate([p.prompt for p in problems], r.group_size, c.sampling),
-        c.reward_fns, dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds, pad_id=c.engine.pad_id,
-        all_ranks=lambda done: all_across_ranks(acc, done),
-    )
+    prefetched = c.prefetcher.take(step) if c.prefetcher is not None else None
+    sampler_before = prefetched.sampler_state if prefetched is not None else c.sampler.state_dict()
+    blocked = [0.0]  # seconds this step waited for its prefetched batch
+
+    def prefetched_batch():
+        t0 = time.perf_counter()
+        try:
+            return prefetched.result()
+        finally:
+            blocked[0] = time.perf_counter() - t0
+
+    def draw(at: int) -> list[int]:
+        return rank_shard(c.sampler.next_indices(r.prompts_per_step, at), acc.process_index, acc.num_processes)
+
+    try:
+        got = collect_rollouts(
+            lambda: draw(step), c.train_problems,
+            lambda problems: c.engine.generate([p.prompt for p in problems], r.group_size, c.sampling),
+            c.reward_fns, dynamic=r.dynamic_sampling, max_rounds=r.max_sampling_rounds, pad_id=c.engine.pad_id,
+            all_ranks=lambda done: all_across_ranks(acc, done),
+            first=None if prefetched is None else (prefetched.indices, prefetched_batch),
+        )
+    except ServerError as exc:  # out of retries: the run stops with step - 1's state (nothing trained yet)
+        raise ServerLost(exc, step - 1, sampler_before) from exc
     batch, scored = got.batch, got.scored
     batch.rewards = scored.rewards
     kill_point("generate")
@@ -265,6 +307,17 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     outcomes = gather_across_ranks(acc, got.observed)
     c.sampler.update([o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes], step)
     assert_same_across_ranks(acc, c.sampler.state_dict, "the prompt sampler's state")
+    #    rollout.async: draw the next step's prompts now (the order a sync run draws them in)
+    #    and have the servers generate them while this step trains.
+    if c.prefetcher is not None and step < t.max_steps:
+        before = c.sampler.state_dict()
+        nxt = draw(step + 1)
+        rendered = c.engine.render([c.train_problems[i].prompt for i in nxt])  # tokenizer: this thread only
+        c.prefetcher.start(step + 1, nxt, before,
+                           lambda: c.engine.generate_rendered(*rendered, r.group_size, c.sampling))
+    # Weight versions (engines that count them): how many syncs this batch lags the policy.
+    staleness = (None if batch.weight_version is None
+                 else getattr(c.engine, "weight_version", batch.weight_version) - batch.weight_version)
 
     # 2. Advantages (answer clusters only for the estimators that declare they need them).
     t_adv = time.perf_counter()
@@ -339,23 +392,38 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
             mix_metrics[f"reg/{spec.name}/coef"] = reg.coef
 
     # 6. Weight sync, optionally read back (0.0 = the engine serves exactly the trainer's weights).
+    #    Servers never reload mid-batch: the prefetched generation ends first, and with several
+    #    trainer ranks every rank waits until the leader's push is done.
     t_sync = time.perf_counter()
-    if update.applied_steps or isinstance(c.mixer, ReLIFT):  # nothing to push after a discarded update
-        if not test_hook("skip_sync", step):  # test-only: the canary's test makes a sync silently not happen
-            sync_weights(c.engine, c.policy)
+    prefetch_wait = c.prefetcher.wait() if c.prefetcher is not None else 0.0
+    barrier = acc.num_processes > 1 and r.engine == "server"
     canary = {}
     drift = None
-    if c.canary is not None:  # does the engine now serve what the trainer holds?
-        check = c.canary.check(c.engine, c.policy.unwrapped(), c.policy.autocast, chunk_size=c.forward.chunk_size,
-                               pad_id=c.forward.pad_id)
-        canary = {"train/canary_diff": check.diff, "train/canary_mismatch": check.mismatch,
-                  "train/canary_moved_ratio": check.moved_ratio, "time/canary": check.seconds}
-        if not all_across_ranks(acc, not check.drift):
-            drift = check.moved_ratio
+    lost = None
+    try:
+        if barrier:
+            acc.wait_for_everyone()
+        if update.applied_steps or isinstance(c.mixer, ReLIFT):  # nothing to push after a discarded update
+            if not test_hook("skip_sync", step):  # test-only: the canary's test makes a sync silently not happen
+                sync_weights(c.engine, c.policy)
+        if barrier:
+            acc.wait_for_everyone()
+        if c.canary is not None:  # does the engine now serve what the trainer holds?
+            check = c.canary.check(c.engine, c.policy.unwrapped(), c.policy.autocast,
+                                   chunk_size=c.forward.chunk_size, pad_id=c.forward.pad_id)
+            canary = {"train/canary_diff": check.diff, "train/canary_mismatch": check.mismatch,
+                      "train/canary_moved_ratio": check.moved_ratio, "time/canary": check.seconds}
+            if not all_across_ranks(acc, not check.drift):
+                drift = check.moved_ratio
+    except ServerError as exc:  # the update is done and kept: the loop logs the step, checkpoints it, stops
+        lost = exc
     sync_diff = None
-    if t.verify_sync:
+    if t.verify_sync and lost is None:
         sync_diff = c.engine.max_weight_diff(trainer_weights_for_engine(c.policy.unwrapped()))
     t_end = time.perf_counter()
+    gen_busy = got.generate_seconds  # the engine's time on this batch (a prefetched one: its own time ahead)
+    if prefetched is not None:
+        gen_busy += (prefetched.finished or prefetched.started) - prefetched.started - blocked[0]
 
     # 7. Metrics: one key per quantity, tensors until the logger turns them into numbers.
     metrics = {**rollout_metrics(full_batch, full_scored), **got.metrics, **update.metrics, **pass_metrics,
@@ -374,12 +442,21 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         "time/generate": got.generate_seconds, "time/score": got.score_seconds,
         "time/advantage": t_pass - t_adv, "time/train": t_sync - t_train, "time/sync": t_end - t_sync,
         "time/step": time.perf_counter() - t_step,
-        "rollout/tokens_per_s": float(full_batch.completion_lengths.sum()) / max(got.generate_seconds, 1e-9),
+        "rollout/tokens_per_s": float(full_batch.completion_lengths.sum()) / max(gen_busy, 1e-9),
     })
     if sync_diff is not None:
         metrics["train/sync_max_abs_diff"] = sync_diff
     if full_batch.weight_version is not None:  # engines that count versions (server): which weights sampled
         metrics["rollout/weight_version"] = float(full_batch.weight_version)
+        metrics["rollout/staleness"] = float(staleness)
+    if c.prefetcher is not None:  # rollout.async: how this step's training and the next one's rollouts overlapped
+        ahead = c.prefetcher.pending
+        metrics["time/prefetch_wait"] = prefetch_wait
+        if prefetched is not None:
+            metrics["time/prefetch_blocked"] = blocked[0]
+        if ahead is not None and ahead.finished is not None:
+            metrics["time/generate_ahead"] = ahead.finished - ahead.started
+            metrics["time/overlap"] = overlap_seconds((ahead.started, ahead.finished), (t_adv, t_sync))
     metrics = mean_across_ranks(acc, metrics, weight=len(got.drawn))
     metrics["rollout/distinct_prompts"] = distinct_across_ranks(acc, got.drawn)
     skips = int(sum_across_ranks(acc, update.nonfinite_skips))
@@ -389,7 +466,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         samples = [Sample(got.problems[i // r.group_size].prompt, full_batch.completion_texts[i],
                           float(full_scored.rewards[i])) for i in range(0, full_batch.num_rows, r.group_size)]
     return StepResult(metrics=metrics, nonfinite_skips=skips, samples=samples, sync_max_abs_diff=sync_diff,
-                      sync_drift=drift)
+                      sync_drift=drift, server_error=lost)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -425,6 +502,7 @@ def _train(cfg: RecipeConfig) -> Path:
     from dataclasses import asdict
 
     from rlkit.console import adopt_library_loggers
+    from rlkit.rollout.server_engine import ServerError
     from rlkit.trainer.checkpoint import export_model, save_checkpoint
     from rlkit.trainer.collect import evaluate
     from rlkit.trainer.guard import kill_point
@@ -457,14 +535,49 @@ def _train(cfg: RecipeConfig) -> Path:
         metrics0 = held_out()
         kill_point("eval_step0", 0)
         logger.log(0, metrics0)
+
+    def checkpoint(step: int, sampler: dict) -> None:
+        try:
+            save_checkpoint(c.accelerator, c.run_dir, step,
+                            {"sampler": sampler, "alarms": c.monitor.state_dict(),
+                             "mixer": c.mixer.state_dict() if c.mixer is not None else {},
+                             "run": run_identity(cfg, c.accelerator.num_processes)},
+                            keep_last=cfg.trainer.keep_last)
+        except OSError as exc:  # e.g. a full disk: the previous checkpoint is intact, stop here
+            raise RunStopped(f"could not write the checkpoint of step {step} ({exc}); the newest complete "
+                             f"checkpoint in {c.run_dir / 'checkpoints'} is intact: free space and rerun the "
+                             "same command to resume from it") from None
+
+    saved = state.step  # the newest step with a checkpoint (or the start)
+
+    def server_lost(step: int, error: Exception, complete: int, sampler: dict) -> ServerError:
+        """A rollout server is gone past its retries: checkpoint the last whole step, then stop (exit 4)."""
+        if c.prefetcher is not None:
+            c.prefetcher.close()
+        if complete > saved:
+            checkpoint(complete, sampler)
+        done = max(saved, complete)
+        where = (f"a resumable checkpoint of step {done} is in {c.run_dir / 'checkpoints'}" if done
+                 else "no step had completed, nothing to resume")
+        log.error("stopping in step %d: %s; %s", step, error, where)
+        return ServerError(f"{error}. The run stopped in step {step}; {where}. Bring the server back (or point "
+                           "rollout.servers at a running one) and rerun the same command to resume")
+
     stop_reason = None
     for step in range(state.step + 1, cfg.trainer.max_steps + 1):
-        result = train_step(cfg, c, step)
+        try:
+            result = train_step(cfg, c, step)
+        except ServerLost as lost:  # in the rollouts: nothing of this step is trained
+            raise server_lost(step, lost.error, lost.complete, lost.sampler_state) from lost
         metrics = dict(result.metrics)
+        error = result.server_error  # after the update: the step is logged and checkpointed, then the run stops
         # The last step's evaluation joins its record (before its checkpoint), so a run cut
         # after that checkpoint resumes with nothing to redo and logs nothing twice.
-        if do_eval and ((ev.every and step % ev.every == 0) or step == cfg.trainer.max_steps):
-            metrics.update(held_out())
+        if error is None and do_eval and ((ev.every and step % ev.every == 0) or step == cfg.trainer.max_steps):
+            try:
+                metrics.update(held_out())
+            except ServerError as exc:
+                error = exc
         values = logger.log(step, metrics)
         logger.samples(step, [asdict(s) for s in result.samples])
         for alarm in c.monitor.update(step, values):
@@ -488,24 +601,20 @@ def _train(cfg: RecipeConfig) -> Path:
                            f"(trainer.max_nonfinite_streak={cfg.trainer.max_nonfinite_streak}); see the warnings "
                            "above for the rows")
         state.step = step
+        if error is not None:
+            raise server_lost(step, error, step, sampler_state(c)) from error
         if stop_reason or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0) \
                 or step == cfg.trainer.max_steps:
-            try:
-                save_checkpoint(c.accelerator, c.run_dir, step,
-                                {"sampler": c.sampler.state_dict(), "alarms": c.monitor.state_dict(),
-                                 "mixer": c.mixer.state_dict() if c.mixer is not None else {},
-                                 "run": run_identity(cfg, c.accelerator.num_processes)},
-                                keep_last=cfg.trainer.keep_last)
-            except OSError as exc:  # e.g. a full disk: the previous checkpoint is intact, stop here
-                raise RunStopped(f"could not write the checkpoint of step {step} ({exc}); the newest complete "
-                                 f"checkpoint in {c.run_dir / 'checkpoints'} is intact: free space and rerun the "
-                                 "same command to resume from it") from None
+            checkpoint(step, sampler_state(c))
+            saved = step
         if stop_reason:
             log.error("stopping at step %d: %s; resumable checkpoint written", step, stop_reason)
             break
 
     if cfg.trainer.export_final and not stop_reason:
         export_model(c.policy, c.engine.tokenizer, c.run_dir / "final_model", merge_lora=cfg.trainer.merge_lora_on_export)
+    if c.prefetcher is not None:
+        c.prefetcher.close()  # a stop can leave the next step's generation running
     logger.close()
     c.engine.close()
     if stop_reason:

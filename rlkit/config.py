@@ -218,6 +218,7 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
     engine: Literal["vllm", "hf", "server", "auto"] = Field(
         "auto", description="vLLM in-process (CPU or GPU build), transformers.generate, running vLLM servers "
         "(rollout.servers; docs/rollout.md), or vLLM when installed."
@@ -266,6 +267,15 @@ class RolloutConfig(_Section):
         300.0, gt=0, description="A reward function call running longer fails: its rows score 0 this step and "
         "the failure is counted (`reward/<name>/failures`); null = wait forever."
     )
+    async_: bool = Field(
+        False, alias="async", description="One-step-off-policy rollouts (engine server): the next step's rollouts "
+        "are generated while this step trains, by the weights one sync behind (docs/rollout.md, \"One step off "
+        "policy\"). The loss takes the engine's logprobs as the old policy's. false = each step samples, then trains."
+    )
+    max_staleness: int = Field(
+        1, description="With rollout.async: how many weight syncs a batch may lag the policy that trains on it: "
+        "1 (one step off) or 0 (no prefetch: the run is the sync run)."
+    )
 
     @field_validator("servers")
     @classmethod
@@ -276,13 +286,30 @@ class RolloutConfig(_Section):
                                  "URLs, e.g. http://127.0.0.1:8000")
         return urls
 
+    @field_validator("max_staleness")
+    @classmethod
+    def _staleness(cls, value: int) -> int:
+        if value not in (0, 1):
+            raise ValueError(f"rollout.max_staleness: {value} is not built; it accepts 0 (sync) or 1 (one step off "
+                             "policy: one prefetched batch)")
+        return value
+
     @model_validator(mode="after")
     def _server_engine_has_servers(self) -> RolloutConfig:
         if self.engine == "server" and not self.servers:
             raise ValueError("rollout.servers: rollout.engine is server, which needs a non-empty list of vLLM server "
                              "URLs (http(s)://host:port, e.g. [http://127.0.0.1:8000]; start one with "
                              "`rlkit serve MODEL --port 8000`)")
+        if self.prefetch and self.engine != "server":
+            raise ValueError(f"rollout.async: one-step-off rollouts need rollout.engine: server (got {self.engine}); "
+                             "an in-process engine shares the trainer's cores and weights, so nothing would overlap. "
+                             "Use rollout.engine: server, or rollout.async: false")
         return self
+
+    @property
+    def prefetch(self) -> bool:
+        """True when the next step's rollouts are generated during this step (async, staleness 1)."""
+        return self.async_ and self.max_staleness > 0
 
 
 class RewardSpec(_Section):
@@ -573,6 +600,15 @@ class RecipeConfig(_Section):
             _resolve(REWARDS, spec.name, f"rewards.{i}.name", "reward functions")
             REWARDS.check_params(spec.name, spec.params, path=f"rewards.{i}.params")
         return specs
+
+    @model_validator(mode="after")
+    def _async_ratio_against_the_sampler(self) -> RecipeConfig:
+        if self.rollout.prefetch and not self.trainer.use_engine_logprobs:
+            raise ValueError(
+                "trainer.use_engine_logprobs: rollout.async samples each batch with the weights one sync behind the "
+                "policy that trains on it; the loss must take the engine's logprobs as the old policy's so its ratio "
+                "is against the policy that sampled. Set trainer.use_engine_logprobs: true, or rollout.async: false")
+        return self
 
     @model_validator(mode="after")
     def _algorithm_names(self) -> RecipeConfig:

@@ -154,6 +154,11 @@ class ServerEngine:
             `--served-model-name`).
         seed: unused (the servers are seeded by their own `--seed`); accepted so that
             `build_engine` can pass one set of settings.
+        sync_leader: with several trainer ranks on the same servers, only the leader (rank 0)
+            writes and pushes weights, and resets a server that another run left with its
+            weights; the others consume the weights (a collective gather under ZeRO-3) and
+            count the version. The recipe holds a barrier around each sync, so no rank
+            generates while the servers reload.
     """
 
     def __init__(
@@ -170,6 +175,7 @@ class ServerEngine:
         backoff_s: float = 1.0,
         weight_dir: str | Path | None = None,
         served_model_name: str | None = None,
+        sync_leader: bool = True,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -183,6 +189,7 @@ class ServerEngine:
         self.retries = int(retries)
         self.backoff_s = float(backoff_s)
         self.chat_template = chat_template
+        self.sync_leader = bool(sync_leader)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = pad_token_id(self.tokenizer)
         try:
@@ -290,7 +297,7 @@ class ServerEngine:
             version = (_request("GET", url + "/weight_info", timeout=30.0) or {}).get("weight_version")
         except (_HTTPStatusError, OSError, TimeoutError):
             version = None
-        if version not in (None, "", "0", "default"):  # "default": vLLM's until a version is set
+        if self.sync_leader and version not in (None, "", "0", "default"):  # "default": vLLM's until one is set
             # Another run pushed its weights here: start from the checkpoint the server was started with.
             log.info("vLLM server %s serves pushed weights (version %s); reloading %s", url, version,
                      self._originals[url])
@@ -349,9 +356,18 @@ class ServerEngine:
     def generate(self, prompts: Sequence[Prompt], group_size: int, sampling: SamplingConfig) -> RolloutBatch:
         """B prompts x `group_size` samples -> `RolloutBatch` (N = B*G rows, group by group),
         tagged with the weight version the servers hold."""
+        return self.generate_rendered(*self.render(prompts), group_size, sampling)
+
+    def render(self, prompts: Sequence[Prompt]) -> tuple[list[str], list[list[int]]]:
+        """The templated prompts and their token ids (`render_prompts` with this engine's settings)."""
+        return render_prompts(self.tokenizer, prompts, chat_template=self.chat_template)
+
+    def generate_rendered(self, texts: list[str], ids: list[list[int]], group_size: int,
+                          sampling: SamplingConfig) -> RolloutBatch:
+        """`generate` of prompts already rendered (`render`): only HTTP and decoding, so it can
+        run in a background thread while the caller's thread uses the tokenizer (rollout.async)."""
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        texts, ids = render_prompts(self.tokenizer, prompts, chat_template=self.chat_template)
         if sampling.greedy:  # vLLM refuses n > 1 at temperature 0
             jobs = [(p, 1) for p in ids for _ in range(group_size)]
         else:
@@ -456,6 +472,11 @@ class ServerEngine:
 
         t0 = time.perf_counter()
         version = self.weight_version + 1
+        if not self.sync_leader:  # the leader pushes; this rank takes part in the gather only
+            for _ in named_tensors:
+                pass
+            self.weight_version = version
+            return
         tensors: dict[str, Tensor] = {}
         for name, t in named_tensors:
             t = t.detach()
@@ -503,6 +524,8 @@ class ServerEngine:
             return
         pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
+        if not self.sync_leader:  # the leader's files
+            return
         if self._owned_dir:
             shutil.rmtree(self.weight_dir, ignore_errors=True)
         else:

@@ -188,6 +188,7 @@ def collect_rollouts(
     max_rounds: int,
     pad_id: int,
     all_ranks: Callable[[bool], bool] = lambda done: done,
+    first: tuple[list[int], Callable[[], RolloutBatch]] | None = None,
 ) -> Collected:
     """Draw prompt indices (`draw`), sample (`generate`) and score them; with `dynamic` (DAPO's
     dynamic sampling), keep only informative groups and draw again until as many prompts as
@@ -195,17 +196,21 @@ def collect_rollouts(
 
     If the rounds run out, the step trains on the informative groups found (fewer prompts), or,
     with none, on the last draw as it is (all advantages zero: no policy gradient). `all_ranks`
-    combines each rank's "done" so ranks draw in lockstep from their shared sampler.
+    combines each rank's "done" so ranks draw in lockstep from their shared sampler. `first`:
+    the first round's indices, already drawn, and a function returning their batch, already
+    requested (rollout.async: generated during the previous step); later rounds draw and
+    generate as usual.
     """
     drawn: list[int] = []
     observed: list[tuple[int, int, int]] = []  # every sampled group, also those dynamic sampling drops
     seconds = {"generate": 0.0, "score": 0.0}
 
-    def sample(idx: list[int]) -> tuple[RolloutBatch, list[int], ScoredRollouts]:
+    def sample(idx: list[int], made: Callable[[], RolloutBatch] | None = None
+               ) -> tuple[RolloutBatch, list[int], ScoredRollouts]:
         drawn.extend(idx)
         chosen = [problems[i] for i in idx]
         t0 = time.perf_counter()
-        batch = generate(chosen)
+        batch = generate(chosen) if made is None else made()
         t1 = time.perf_counter()
         scored = score_rollouts(batch, chosen, reward_fns)
         seconds["generate"] += t1 - t0
@@ -219,7 +224,7 @@ def collect_rollouts(
         return Collected(batch, [problems[i] for i in chosen], scored, drawn, chosen, observed,
                          seconds["generate"], seconds["score"], metrics)
 
-    batch, chosen, scored = sample(draw())
+    batch, chosen, scored = sample(*first) if first is not None else sample(draw())
     if not dynamic:
         return done(batch, chosen, scored, {})
     want, g = len(chosen), batch.group_size

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # heavy imports only for the annotations
     from rlkit.trainer.canary import SyncCanary
     from rlkit.trainer.collect import RewardFunction
     from rlkit.trainer.deepspeed import Policy
+    from rlkit.trainer.prefetch import RolloutPrefetcher
     from rlkit.trainer.update import ForwardSettings, ScaledRegularizer
 
 __all__ = ["Components", "RunState", "Sample", "StepResult"]
@@ -55,6 +56,7 @@ class Components:
     teacher: nn.Module | None = None             # frozen teacher (model.teacher_model), for distillation terms
     mixer: Mixer | None = None                   # hpt / relift / paced (mixing:), checkpointed
     canary: SyncCanary | None = None             # the weight-sync canary (trainer.sync_canary)
+    prefetcher: RolloutPrefetcher | None = None  # next step's rollouts during this one (rollout.async)
 
 
 @dataclass
@@ -83,3 +85,4 @@ class StepResult:
     samples: list[Sample] = field(default_factory=list)  # filled on logging.sample_every steps
     sync_max_abs_diff: float | None = None                # trainer.verify_sync: 0.0 = engine exact
     sync_drift: float | None = None                       # the canary's mismatch when it saw drift
+    server_error: Exception | None = None                 # a rollout server lost after the update (sync)

@@ -149,6 +149,30 @@ def test_two_steps_per_method(one_process, overrides):
         assert seen == pytest.approx(2 * 2 * 4, rel=0.2)  # 2 steps x 2 prompts x 4 rows observed, lightly decayed
 
 
+def test_async_with_max_staleness_zero_is_the_sync_run(one_process):
+    """rollout.async with max_staleness 0 prefetches nothing: two steps give the sync run's
+    numbers exactly (rewards, loss, gradient norm; the wall-clock times aside)."""
+    recipe = _recipe()
+
+    def two_steps(*overrides: str) -> tuple[list[dict], object]:
+        cfg = _config(one_process / "async" if overrides else one_process / "sync",
+                      'rewards=[{name: "toy_rewards:char_parity"}]', *overrides)
+        _reset_accelerate()  # one Accelerator per run, as in two processes
+        c = recipe.setup(cfg)
+        try:
+            out = [{k: float(v) for k, v in recipe.train_step(cfg, c, step).metrics.items()
+                    if not k.startswith("time/") and k != "rollout/tokens_per_s"} for step in (1, 2)]
+        finally:
+            c.engine.close()
+        return out, c.prefetcher
+
+    sync, _ = two_steps()
+    zero, prefetcher = two_steps("rollout.async=true", "rollout.max_staleness=0")
+    assert prefetcher is None
+    assert sync[1]["train/grad_norm"] > 0
+    assert zero == sync
+
+
 def test_resume_refuses_a_sampler_state_made_for_another_dataset(one_process):
     """A checkpoint whose VADE state covers 16 problems cannot drive a run over 32: the resume
     stops with a config error naming the checkpoint, instead of sampling from a wrong posterior."""

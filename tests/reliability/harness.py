@@ -14,11 +14,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def launch(run_dir: Path, *overrides: str, kill_at: str | None = None, env: dict | None = None,
-           timeout: int = 600) -> subprocess.CompletedProcess:
-    """The recipe, 4 steps of 2 prompts x 4 samples, checkpoint every 2, fp32, greedy eval at 0 and 4."""
+           timeout: int = 600, processes: int = 1, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """The recipe, 4 steps of 2 prompts x 4 samples, checkpoint every 2, fp32, greedy eval at 0 and 4.
+    `processes` > 1: that many trainer ranks (zero2_multi.yaml). `wait=False`: the running
+    process (stdout and stderr piped, text), for a test that acts while it runs."""
+    layout = (["--config_file", str(REPO / "launch/accelerate/zero2_single.yaml")] if processes == 1 else
+              ["--config_file", str(REPO / "launch/accelerate/zero2_multi.yaml"), "--num_processes", str(processes)])
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "launch/accelerate/zero2_single.yaml"),
+        sys.executable, "-m", "accelerate.commands.launch", *layout,
         str(REPO / "recipes/grpo_math.py"), "--config", str(REPO / "recipes/configs/grpo_math_cpu.yaml"),
         f"model.name_or_path={tiny_model_dir()}", f"run.output_dir={run_dir}", "model.dtype=float32",
         "rollout.dtype=float32", "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=8",
@@ -32,6 +35,8 @@ def launch(run_dir: Path, *overrides: str, kill_at: str | None = None, env: dict
     full.update({"PYTHONPATH": f"{REPO}:{REPO / 'tests/recipes'}", **(env or {})})
     if kill_at:
         full["RLKIT_KILL_AT"] = kill_at
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout)
 
 

@@ -179,6 +179,22 @@ BAD_CONFIGS = [
         ["config error at rollout.server_retries", "got -1"],
     ),
     (
+        "async_on_an_in_process_engine",
+        _cfg(rollout={"engine": "vllm", "async": True}),
+        ["config error at rollout.async", "need rollout.engine: server (got vllm)", "rollout.async: false"],
+    ),
+    (
+        "max_staleness_not_built",
+        _cfg(rollout={"engine": "server", "servers": ["http://127.0.0.1:8000"], "async": True, "max_staleness": 2}),
+        ["config error at rollout.max_staleness", "2 is not built", "0 (sync) or 1"],
+    ),
+    (
+        "async_without_the_engine_logprobs",
+        _cfg(rollout={"engine": "server", "servers": ["http://127.0.0.1:8000"], "async": True},
+             trainer={"use_engine_logprobs": False}),
+        ["config error at trainer.use_engine_logprobs", "one sync behind", "use_engine_logprobs: true"],
+    ),
+    (
         "unknown_literal_in_list",
         _cfg(logging={"trackers": ["tensorboard"]}),
         ["config error at logging.trackers.0", "got 'tensorboard'", "'wandb' or 'mlflow'"],
