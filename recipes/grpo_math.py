@@ -400,12 +400,13 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
     canary = {}
     drift = None
     lost = None
+    pushed = None  # seconds of the push itself (the engine's reload included)
     try:
         if barrier:
             acc.wait_for_everyone()
         if update.applied_steps or isinstance(c.mixer, ReLIFT):  # nothing to push after a discarded update
             if not test_hook("skip_sync", step):  # test-only: the canary's test makes a sync silently not happen
-                sync_weights(c.engine, c.policy)
+                pushed = sync_weights(c.engine, c.policy)
         if barrier:
             acc.wait_for_everyone()
         if c.canary is not None:  # does the engine now serve what the trainer holds?
@@ -444,6 +445,8 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         "time/step": time.perf_counter() - t_step,
         "rollout/tokens_per_s": float(full_batch.completion_lengths.sum()) / max(gen_busy, 1e-9),
     })
+    if pushed is not None:
+        metrics["time/weight_sync"] = pushed
     if sync_diff is not None:
         metrics["train/sync_max_abs_diff"] = sync_diff
     if full_batch.weight_version is not None:  # engines that count versions (server): which weights sampled
