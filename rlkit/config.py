@@ -240,6 +240,12 @@ class RolloutConfig(_Section):
         "reloads from; the same path on the servers' machines (a shared filesystem). null = "
         "<run.output_dir>/server_weights."
     )
+    weight_transfer: Literal["file", "nccl"] = Field(
+        "file", description="engine server: how weight syncs reach the servers: file (safetensors in weight_dir, "
+        "which every server reloads; CPU or GPU, needs a shared filesystem) or nccl (vLLM's NCCL weight transfer: "
+        "the trainer broadcasts into the servers' GPUs; GPU trainer and servers started with --weight-transfer-config "
+        "'{\"backend\": \"nccl\"}'; docs/rollout.md, \"Weight sync over NCCL\")."
+    )
     prompts_per_step: int = Field(8, gt=0, description="B: prompts sampled per training step.")
     group_size: int = Field(8, gt=0, description="G: completions sampled per prompt.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
@@ -285,6 +291,14 @@ class RolloutConfig(_Section):
                 raise ValueError(f"rollout.servers.{i}: '{url}' is not a server URL; it accepts http(s)://host:port "
                                  "URLs, e.g. http://127.0.0.1:8000")
         return urls
+
+    @model_validator(mode="after")
+    def _nccl_needs_server(self) -> RolloutConfig:
+        if self.weight_transfer == "nccl" and self.engine != "server":
+            raise ValueError(f"rollout.weight_transfer: nccl pushes weights to running vLLM servers and needs "
+                             f"rollout.engine: server (got {self.engine}); an in-process engine is synced in memory. "
+                             "Use rollout.engine: server, or rollout.weight_transfer: file")
+        return self
 
     @field_validator("max_staleness")
     @classmethod

@@ -179,6 +179,22 @@ BAD_CONFIGS = [
         ["config error at rollout.server_retries", "got -1"],
     ),
     (
+        "nccl_weight_transfer_on_an_in_process_engine",
+        _cfg(rollout={"engine": "vllm", "weight_transfer": "nccl"}),
+        ["config error at rollout.weight_transfer", "needs rollout.engine: server (got vllm)",
+         "rollout.weight_transfer: file"],
+    ),
+    (
+        "nccl_weight_transfer_on_the_auto_engine",
+        _cfg(rollout={"weight_transfer": "nccl"}),
+        ["config error at rollout.weight_transfer", "needs rollout.engine: server (got auto)"],
+    ),
+    (
+        "unknown_weight_transfer",
+        _cfg(rollout={"engine": "server", "servers": ["http://127.0.0.1:8000"], "weight_transfer": "ipc"}),
+        ["config error at rollout.weight_transfer", "got 'ipc'", "'file' or 'nccl'"],
+    ),
+    (
         "async_on_an_in_process_engine",
         _cfg(rollout={"engine": "vllm", "async": True}),
         ["config error at rollout.async", "need rollout.engine: server (got vllm)", "rollout.async: false"],
@@ -389,6 +405,13 @@ def test_defaults_of_a_minimal_config():
     assert cfg.data.name == "arithmetic"
     assert cfg.advantage.name == "grpo" and cfg.loss.target == "grpo"
     assert [r.name for r in cfg.rewards] == ["math_accuracy"]
+
+
+def test_nccl_weight_transfer_with_the_server_engine():
+    assert config_from_dict(_cfg()).rollout.weight_transfer == "file"
+    cfg = config_from_dict(_cfg(rollout={"engine": "server", "servers": ["http://10.0.0.2:8000"],
+                                         "weight_transfer": "nccl"}))
+    assert cfg.rollout.weight_transfer == "nccl"
 
 
 # ----------------------------------------------------------------------------- overrides
