@@ -66,6 +66,14 @@ def route_address(url: str) -> str:
         return str(s.getsockname()[0])
 
 
+def _free_port(address: str) -> int:
+    """A TCP port nothing listens on at `address` (IPv4 or IPv6); the OS picks it."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
 def _trainer_device() -> torch.device:
     """The CUDA device this trainer process broadcasts from (accelerate sets the current one)."""
     if not torch.cuda.is_available():
@@ -157,8 +165,6 @@ class NcclWeightTransfer:
         from vllm.distributed.weight_transfer import WeightTransferTrainerFactory
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
-        from rlkit.rollout.serve import free_port
-
         self.servers = list(servers)
         self.error = error
         self.device = _trainer_device()
@@ -171,7 +177,7 @@ class NcclWeightTransfer:
             offsets[url], rank = rank, rank + sizes[url]
         self.world_size = rank
         self.master_address = master_address or route_address(self.servers[0])
-        self.master_port = int(master_port or free_port(self.master_address))
+        self.master_port = int(master_port or _free_port(self.master_address))
         self.client = _ServersClient(self.servers, call, offsets)
         self.source = _sources()()
         log.info("NCCL weight transfer: trainer at %s:%d, world size %d (%s)", self.master_address,
@@ -187,7 +193,8 @@ class NcclWeightTransfer:
         cfg = (get(url, "/server_info?config_format=json") or {}).get("vllm_config") or {}
         if not isinstance(cfg, dict):
             return  # a text config: nothing to check, the init call says what is wrong
-        device = str((cfg.get("device_config") or {}).get("device", ""))
+        dev_cfg = cfg.get("device_config") or {}
+        device = str(dev_cfg.get("device_type") or dev_cfg.get("device") or "")  # "device": None on some platforms
         if device and "cuda" not in device:
             raise error(f"vLLM server {url} runs on {device}; rollout.weight_transfer: nccl needs GPU servers "
                         "(use rollout.weight_transfer: file)")
