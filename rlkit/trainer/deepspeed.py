@@ -29,9 +29,10 @@ under offload (`build_optimizer`) instead of torch's fused AdamW:
   offload, which stops that swap; DeepSpeed's own check passes since the optimizer is
   DeepSpeedCPUAdam.
 Same hyperparameters either way: lr, betas, weight_decay, eps 1e-8 (torch's default), decoupled
-weight decay (AdamW). The LR schedule is built on the optimizer DeepSpeed steps. Not run on a
-GPU here (none in this project's machines); tests/unit/trainer/test_deepspeed_config.py checks
-the DeepSpeed dict and the optimizer choice.
+weight decay (AdamW). The LR schedule is built on the optimizer DeepSpeed steps. Run here only
+on CPU, one process, ZeRO-2 with `optimizer` (tests/recipes/test_offload.py: equals a step
+without offload); not on a GPU, and `optimizer_and_params` not at all.
+tests/unit/trainer/test_deepspeed_config.py checks the DeepSpeed dict and the config errors.
 """
 
 from __future__ import annotations
