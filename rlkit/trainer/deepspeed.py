@@ -11,6 +11,28 @@ token budget), so the accumulation boundary is set by hand on the DeepSpeed engi
 (`set_gradient_accumulation_boundary`) instead of a fixed `gradient_accumulation_steps`.
 The loss of each micro-batch is pre-weighted by its share of the mini-batch, so the summed
 gradient equals the gradient of the mini-batch loss.
+
+ZeRO-Offload (`trainer.offload`): `optimizer` moves the fp32 master weights and the Adam state
+of ZeRO's partitions to pinned CPU memory (`zero_optimization.offload_optimizer`), so the
+optimizer step runs on the CPU; `optimizer_and_params` (ZeRO-3 only) also keeps the partitioned
+parameters there between uses (`offload_param`). The step on the CPU is DeepSpeedCPUAdam
+(DeepSpeed's vectorised CPU AdamW, built from C++ on first use), which rlkit constructs itself
+under offload (`build_optimizer`) instead of torch's fused AdamW:
+- DeepSpeed (0.19) refuses any other client optimizer with offload
+  ("ZeRO-Offload with a client provided optimizer ... will yield poor performance") unless
+  `zero_force_ds_cpu_optimizer: false`, and DeepSpeedCPUAdam is the optimizer its offload
+  paths are built and tested for (ZeRO-3's `deepspeed_adam_offload` branch checks its type);
+- left to itself, accelerate (1.16) swaps whatever optimizer it is given for a new
+  DeepSpeedCPUAdam, with `adamw_mode=True` only when the original is a `torch.optim.AdamW`:
+  handed a DeepSpeedCPUAdam it would rebuild it as L2-regularised Adam, a different update
+  once weight_decay > 0. So `_ds_config` sets `zero_force_ds_cpu_optimizer: false` under
+  offload, which stops that swap; DeepSpeed's own check passes since the optimizer is
+  DeepSpeedCPUAdam.
+Same hyperparameters either way: lr, betas, weight_decay, eps 1e-8 (torch's default), decoupled
+weight decay (AdamW). The LR schedule is built on the optimizer DeepSpeed steps. Run here only
+on CPU, one process, ZeRO-2 with `optimizer` (tests/recipes/test_offload.py: equals a step
+without offload); not on a GPU, and `optimizer_and_params` not at all.
+tests/unit/trainer/test_deepspeed_config.py checks the DeepSpeed dict and the config errors.
 """
 
 from __future__ import annotations
@@ -100,9 +122,19 @@ def _discard_gradients(optimizer) -> None:
     release = getattr(optimizer, "_release_preflattened_grad_buffers", None)
     if release is not None:
         release()
+    if getattr(optimizer, "cpu_offload", False):
+        # ZeRO-1/2 with trainer.offload: what its overflow branch and step() also reset. Left
+        # as they are, the micro-step count stays above 0 and the next step's first backward
+        # adds the discarded gradients kept in CPU buffers to its own (stage_1_and_2.py,
+        # async_accumulate_grad_in_cpu_via_gpu).
+        optimizer.reset_cpu_buffers()
+        optimizer.micro_step_id = -1  # INITIAL_MICRO_STEP_ID
+        optimizer._offload_accumulated_param_ids = set()
 
 
 def _ds_config(tcfg: TrainerConfig, *, bf16: bool) -> dict:
+    """The DeepSpeed config dict of a recipe's `trainer` section (the accelerate file only selects
+    DeepSpeed; `build_accelerator`)."""
     cfg: dict = {
         "train_micro_batch_size_per_gpu": 1,  # rlkit batches by tokens itself; DeepSpeed needs a number
         "gradient_accumulation_steps": 1,     # boundaries are set by hand, see module docstring
@@ -115,6 +147,13 @@ def _ds_config(tcfg: TrainerConfig, *, bf16: bool) -> dict:
         cfg["gradient_clipping"] = tcfg.max_grad_norm
     if tcfg.zero_stage == 3:
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    if tcfg.offload != "none":  # the stage was checked at config load (TrainerConfig)
+        cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if tcfg.offload == "optimizer_and_params":
+            cfg["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": True}
+        # build_optimizer passes DeepSpeedCPUAdam itself; this stops accelerate from rebuilding
+        # it (as L2 Adam, see the module docstring).
+        cfg["zero_force_ds_cpu_optimizer"] = False
     return cfg
 
 
@@ -211,6 +250,24 @@ def _lr_lambda(tcfg: TrainerConfig):
     return fn
 
 
+def build_optimizer(params: list[torch.nn.Parameter], tcfg: TrainerConfig) -> torch.optim.Optimizer:
+    """AdamW over `params`: torch's fused AdamW, or DeepSpeedCPUAdam in AdamW mode under
+    `trainer.offload` (why: module docstring). Same lr, betas, weight decay and eps (1e-8)."""
+    if tcfg.offload != "none":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, lr=tcfg.learning_rate, betas=tcfg.adam_betas, eps=1e-8,
+                                weight_decay=tcfg.weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(
+        params, lr=tcfg.learning_rate, betas=tcfg.adam_betas, eps=1e-8, weight_decay=tcfg.weight_decay,
+        # One fused kernel per tensor (CPU and CUDA): ZeRO hands AdamW one flat fp32 partition,
+        # and the plain loop's ten full-size elementwise passes over it took 1.06 s per step
+        # for SmolLM2-135M on 2 cores against 0.06 s fused (BENCHMARKS.md, "Where a step's
+        # time goes"). Deterministic, so a resumed run stays bitwise equal to a straight one.
+        fused=True,
+    )
+
+
 def build_policy(accelerator, model_path: str, mcfg: ModelConfig, tcfg: TrainerConfig) -> Policy:
     """Load the policy, wrap it (LoRA, DeepSpeed) and build AdamW + LR schedule."""
     model = load_causal_lm(model_path)
@@ -220,19 +277,12 @@ def build_policy(accelerator, model_path: str, mcfg: ModelConfig, tcfg: TrainerC
     if mcfg.lora is not None:
         model = apply_lora(model, mcfg.lora)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=tcfg.learning_rate, betas=tcfg.adam_betas, weight_decay=tcfg.weight_decay,
-        # One fused kernel per tensor (CPU and CUDA): ZeRO hands AdamW one flat fp32 partition,
-        # and the plain loop's ten full-size elementwise passes over it took 1.06 s per step
-        # for SmolLM2-135M on 2 cores against 0.06 s fused (BENCHMARKS.md, "Where a step's
-        # time goes"). Deterministic, so a resumed run stays bitwise equal to a straight one.
-        fused=True,
-    )
+    optimizer = build_optimizer(params, tcfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     on_cpu = not torch.cuda.is_available()
     autocast = torch.bfloat16 if (on_cpu and resolve_dtype(mcfg.dtype) == "bfloat16") else None
     n_train = sum(p.numel() for p in params)
-    log.info("policy: %s | trainable params %.1fM | ZeRO-%d | autocast %s",
-             model_path, n_train / 1e6, tcfg.zero_stage, autocast)
+    log.info("policy: %s | trainable params %.1fM | ZeRO-%d | offload %s | autocast %s",
+             model_path, n_train / 1e6, tcfg.zero_stage, tcfg.offload, autocast)
     return Policy(accelerator, model, optimizer, scheduler, autocast, tcfg.max_grad_norm)

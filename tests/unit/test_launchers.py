@@ -6,10 +6,13 @@ Checked without a GPU, a cluster or the network:
   to the recipe, and spreads its processes evenly over its machines; a multi-node one names a
   rendezvous port and lets each machine start its own torchrun (`deepspeed_multinode_launcher:
   standard`; accelerate's default, pdsh, would ssh from one machine into the others);
-- the Slurm script passes `bash -n`, runs under `set -euo pipefail`, finds its head node with
-  `scontrol`, launches recipes/grpo_math.py on every node with the node's rank through `srun`
-  and a multi-node accelerate config whose size matches its #SBATCH lines, and its default
-  recipe fits that config;
+- each Slurm script passes `bash -n`, runs under `set -euo pipefail`, finds its head node with
+  `scontrol`, launches recipes/grpo_math.py on every trainer node with the node's rank through
+  `srun` and a multi-node accelerate config whose size matches its #SBATCH lines, and its
+  default recipe fits that config; the one with vLLM server nodes also serves the recipe's own
+  model, dtype and length on a reachable interface, waits for every server's /health before the
+  trainer starts, stops the servers on exit (trap), and points the trainer at them
+  (`rollout.engine=server`, `rollout.servers`, a shared `rollout.weight_dir`);
 - every repository path named in launch/ and docs/scaling.md exists, and every
   `accelerate launch ... recipes/grpo_math.py --config RECIPE [overrides]` there fits its
   accelerate config (the recipe's ZeRO stage, its prompts per step over the processes), with
@@ -33,6 +36,7 @@ from rlkit.config import ConfigError, load_config
 
 LAUNCH_CONFIGS = sorted((REPO / "launch" / "accelerate").glob("*.yaml"))
 SBATCH = REPO / "launch" / "slurm" / "grpo_multinode.sbatch"
+SERVER_SBATCH = REPO / "launch" / "slurm" / "grpo_server_nodes.sbatch"
 SCALING = REPO / "docs" / "scaling.md"
 # every file under launch/ (scripts, configs) and the scaling doc: the paths and commands they name
 NAMING = sorted(p for p in (REPO / "launch").rglob("*") if p.is_file()) + [SCALING]
@@ -74,19 +78,29 @@ def accelerate_config_problems(path: Path) -> list[str]:
 
 
 def sbatch_problems(path: Path) -> list[str]:
-    """What is wrong with a Slurm launcher ([] = nothing)."""
+    """What is wrong with a Slurm launcher ([] = nothing). A script that runs `rlkit serve`
+    (vLLM server nodes first, trainer nodes after them) is checked for that layout too
+    (`_server_problems`)."""
     text = path.read_text()
+    serving = re.search(r"^[^#\n]*rlkit serve", text, re.M) is not None  # not in a comment
     problems = []
     syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     if syntax.returncode:
         problems.append(f"bash -n: {syntax.stderr.strip()}")
     if not re.search(r"^set -euo pipefail$", text, re.M):
         problems.append("no `set -euo pipefail`")
-    if 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1' not in text:
+    if serving:  # the head is the first trainer node, after the server nodes
+        if 'scontrol show hostnames "$SLURM_JOB_NODELIST"' not in text:
+            problems.append("no node discovery (`scontrol show hostnames \"$SLURM_JOB_NODELIST\"`)")
+    elif 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1' not in text:
         problems.append("no head-node discovery (`scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1`)")
     if not re.search(r"^srun .*accelerate launch", text, re.M | re.S):
         problems.append("no `srun ... accelerate launch`")
-    if not re.search(r'--machine_rank "?\$\{?SLURM_NODEID', text):
+    if serving:  # the trainer step does not start on node 0: each node looks up its own rank
+        if not (re.search(r'--machine_rank "?\$\{?MACHINE_RANK', text) and "SLURMD_NODENAME" in text):
+            problems.append("no `--machine_rank $MACHINE_RANK` found from the node's name ($SLURMD_NODENAME) "
+                            "among the trainer nodes: every node would claim rank 0")
+    elif not re.search(r'--machine_rank "?\$\{?SLURM_NODEID', text):
         problems.append("no `--machine_rank $SLURM_NODEID`: every node would claim rank 0")
     if "recipes/grpo_math.py" not in text:
         problems.append("does not run recipes/grpo_math.py")
@@ -97,6 +111,15 @@ def sbatch_problems(path: Path) -> list[str]:
     default = re.search(r'^CONFIG="\$\{1:-([^}]+)\}"', text, re.M)
     if default is None:
         problems.append('no default recipe (CONFIG="${1:-recipes/configs/....yaml}")')
+    server_nodes = 0
+    if serving:
+        found = re.search(r'^SERVER_NODES="\$\{SERVER_NODES:-(\d+)\}"', text, re.M)
+        if found is None or int(found[1]) < 1:
+            problems.append('no default number of server nodes (SERVER_NODES="${SERVER_NODES:-1}")')
+        server_nodes = int(found[1]) if found else 0
+        problems += _server_problems(text)
+    # the recipe as the trainer runs it: on a server layout, with the server engine
+    overrides = ["rollout.engine=server", "rollout.servers=[http://node-0:8000]"] if serving else []
     launch_files = re.findall(r"--config_file (launch/accelerate/[\w.-]+\.yaml)", text)
     if not launch_files:
         problems.append("names no launch/accelerate/*.yaml config file")
@@ -108,13 +131,42 @@ def sbatch_problems(path: Path) -> list[str]:
         if cluster.num_machines < 2:
             problems.append(f"{launch_file} is a single-machine config")
         nodes, gpus = sbatch.get("nodes", ""), sbatch.get("gpus-per-node", "")
-        if nodes.isdigit() and gpus.isdigit() and (int(nodes), int(nodes) * int(gpus)) != (
+        train = int(nodes) - server_nodes if nodes.isdigit() else None
+        if train is not None and gpus.isdigit() and (train, train * int(gpus)) != (
                 cluster.num_machines, cluster.num_processes):
-            problems.append(f"#SBATCH asks for {nodes} nodes x {gpus} GPUs but {launch_file} says "
+            of = f" ({server_nodes} serving, {train} training)" if serving else ""
+            problems.append(f"#SBATCH asks for {nodes} nodes{of} x {gpus} GPUs but {launch_file} says "
                             f"{cluster.num_machines} machines, {cluster.num_processes} processes")
-        if default is not None:  # with the process count the script passes: nodes x GPUs per node
-            procs = int(nodes) * int(gpus) if nodes.isdigit() and gpus.isdigit() else None
-            problems += _fit(default[1], [], launch_file, procs)
+        if default is not None:  # with the process count the script passes: trainer nodes x GPUs per node
+            procs = train * int(gpus) if train is not None and gpus.isdigit() else None
+            problems += _fit(default[1], overrides, launch_file, procs)
+    return problems
+
+
+def _server_problems(text: str) -> list[str]:
+    """The vLLM-server part of a Slurm script: the servers serve what the trainer's health check
+    wants (the recipe's model, dtype and max_model_len, read from the recipe and overrides), on
+    an interface the trainer nodes reach; they are healthy before the trainer starts and stopped
+    when the script exits; the trainer runs against them with a shared weight directory."""
+    problems = []
+    serve = re.search(r"rlkit serve (.*?)(?:&|$)", text, re.S)
+    serve_cmd = serve[1] if serve else ""
+    for flag, var, field in (("", "MODEL", "model.name_or_path"), ("--dtype ", "DTYPE", "rollout.dtype"),
+                             ("--max-model-len ", "MAX_MODEL_LEN", "rollout.max_model_len")):
+        if f'{flag}"${var}"' not in serve_cmd:
+            problems.append(f'`rlkit serve` is not given {flag}"${var}"')
+        if not re.search(rf"read -r [\w ]*\b{var}\b.*?print\([^)]*cfg\.{re.escape(field)}", text, re.S):
+            problems.append(f"{var} is not read from the recipe's {field}")
+    if "--host 0.0.0.0" not in serve_cmd:
+        problems.append("`rlkit serve` without --host 0.0.0.0 listens on 127.0.0.1, out of the trainer nodes' reach")
+    health, trainer = text.find("/health"), text.rfind("accelerate launch")
+    if health < 0 or health > trainer:
+        problems.append("does not wait for the servers' /health before the trainer starts")
+    if not re.search(r"^trap \w+ EXIT", text, re.M):
+        problems.append("no `trap ... EXIT` that stops the servers when the trainer ends")
+    for override in ("rollout.engine=server", '"rollout.servers=$SERVERS"', '"rollout.weight_dir=$WEIGHT_DIR"'):
+        if override not in text:
+            problems.append(f"the trainer is not given {override}")
     return problems
 
 
@@ -173,12 +225,15 @@ def test_accelerate_config(path):
 def test_the_launchers_this_suite_expects_are_there():
     # Guards the parametrization above against a moved directory, and pins the sizes docs/scaling.md states.
     assert {"zero2_single.yaml", "zero2_multi.yaml", "zero2_8gpu.yaml", "zero3_8gpu.yaml",
-            "zero2_2x8_multinode.yaml"} <= {p.name for p in LAUNCH_CONFIGS}
+            "zero3_offload_8gpu.yaml", "zero2_2x8_multinode.yaml"} <= {p.name for p in LAUNCH_CONFIGS}
     sizes = {p.stem: ClusterConfig.from_yaml_file(str(p)) for p in LAUNCH_CONFIGS}
     assert (sizes["zero3_8gpu"].deepspeed_config["zero_stage"], sizes["zero3_8gpu"].num_processes) == (3, 8)
     multi = sizes["zero2_2x8_multinode"]
     assert (multi.num_machines, multi.num_processes, multi.rdzv_backend, multi.same_network) == (2, 16, "static", True)
-    assert SBATCH.is_file() and SCALING.is_file()
+    assert SBATCH.is_file() and SERVER_SBATCH.is_file() and SCALING.is_file()
+    offload = sizes["zero3_offload_8gpu"]
+    assert (offload.deepspeed_config, offload.num_processes) == (
+        {"zero_stage": 3, "offload_optimizer_device": "cpu", "offload_param_device": "cpu"}, 8)
 
 
 def test_every_accelerate_config_is_used():
@@ -192,8 +247,9 @@ def test_every_accelerate_config_is_used():
     assert unused == []
 
 
-def test_slurm_script():
-    assert sbatch_problems(SBATCH) == []
+@pytest.mark.parametrize("path", [SBATCH, SERVER_SBATCH], ids=lambda p: p.name)
+def test_slurm_script(path):
+    assert sbatch_problems(path) == []
 
 
 def test_every_path_named_in_launch_and_the_scaling_doc_exists():
@@ -206,6 +262,7 @@ def test_every_launch_command_in_launch_and_the_scaling_doc_fits():
     shown = {launch_file for launch_file, *_ in launch_commands(SCALING)}
     assert shown == {_rel(p) for p in LAUNCH_CONFIGS}
     assert "sbatch launch/slurm/grpo_multinode.sbatch" in SCALING.read_text()
+    assert "sbatch launch/slurm/grpo_server_nodes.sbatch" in SCALING.read_text()
 
 
 # ----------------------------------------------------------------------------- the checks can fail
@@ -275,6 +332,36 @@ def test_a_broken_slurm_script_is_reported(tmp_path):
     assert sbatch_problems(bad) == ["does not run recipes/grpo_math.py",
                                     'no default recipe (CONFIG="${1:-recipes/configs/....yaml}")',
                                     "names no launch/accelerate/*.yaml config file"]
+
+
+def test_a_broken_server_node_script_is_reported(tmp_path):
+    text = SERVER_SBATCH.read_text()
+    for old, new in (('rlkit serve "$MODEL"', 'rlkit serve Qwen/Qwen2.5-0.5B-Instruct'),  # not the recipe's
+                     ("cfg.rollout.dtype,", "'bfloat16',"),
+                     ("--host 0.0.0.0 ", ""),
+                     ("/health", "/v1/models"),
+                     ("trap stop_servers EXIT", "stop_servers"),
+                     ('"rollout.weight_dir=$WEIGHT_DIR" ', ""),
+                     ('--machine_rank "$MACHINE_RANK"', '--machine_rank "$SLURM_NODEID"'),
+                     ("#SBATCH --nodes=3", "#SBATCH --nodes=2")):
+        assert old in text, old
+        text = text.replace(old, new)
+    bad = tmp_path / "bad.sbatch"
+    bad.write_text(text)
+    assert sbatch_problems(bad) == [
+        "no `--machine_rank $MACHINE_RANK` found from the node's name ($SLURMD_NODENAME) among the trainer nodes: "
+        "every node would claim rank 0",
+        '`rlkit serve` is not given "$MODEL"',
+        "DTYPE is not read from the recipe's rollout.dtype",
+        "`rlkit serve` without --host 0.0.0.0 listens on 127.0.0.1, out of the trainer nodes' reach",
+        "does not wait for the servers' /health before the trainer starts",
+        "no `trap ... EXIT` that stops the servers when the trainer ends",
+        'the trainer is not given "rollout.weight_dir=$WEIGHT_DIR"',
+        "#SBATCH asks for 2 nodes (1 serving, 1 training) x 8 GPUs but launch/accelerate/zero2_2x8_multinode.yaml "
+        "says 2 machines, 16 processes",
+    ]
+    bad.write_text(SERVER_SBATCH.read_text().replace('SERVER_NODES="${SERVER_NODES:-1}"', "SERVER_NODES=1"))
+    assert sbatch_problems(bad)[0] == 'no default number of server nodes (SERVER_NODES="${SERVER_NODES:-1}")'
 
 
 def test_missing_paths_and_unfit_commands_are_reported(tmp_path):

@@ -5,7 +5,8 @@ launch/accelerate/X.yaml recipes/grpo_math.py --config recipes/configs/Y.yaml`).
 without a GPU or the network: the recipe validates (hub ids pass; local paths are checked by
 validation), the command names this very file, the accelerate config exists and parses with
 accelerate's own loader, selects DeepSpeed (the only trainer rlkit builds) with the recipe's
-ZeRO stage, and its process count divides the recipe's prompts per step. GPU recipes also say
+ZeRO stage and offload (`offload_*_device`), and its process count divides the recipe's prompts
+per step. GPU recipes also say
 bf16 and vLLM, with a vLLM memory fraction that leaves the trainer room on the same GPU.
 The accelerate config files on their own, the Slurm script and the commands of
 docs/scaling.md: tests/unit/test_launchers.py (which reuses `fit_problems`).
@@ -42,6 +43,14 @@ def _launch_command(path: Path) -> tuple[str, int | None, str]:
     return opts[opts.index("--config_file") + 1], procs, found["config"]
 
 
+def _offload_of(deepspeed_config: dict) -> str:
+    """The trainer.offload an accelerate file's offload_*_device fields mirror (they only mirror
+    it, as zero_stage does: rlkit builds the DeepSpeed config from the recipe)."""
+    opt, param = (deepspeed_config.get(k, "none") not in ("none", None)
+                  for k in ("offload_optimizer_device", "offload_param_device"))
+    return "optimizer_and_params" if param else "optimizer" if opt else "none"
+
+
 def fit_problems(cfg: RecipeConfig, launch_file: str, procs: int | None) -> list[str]:
     """What is wrong between a validated recipe and the accelerate config file (a path relative
     to the repository) that launches it with `procs` processes (None: the file's count)."""
@@ -55,6 +64,10 @@ def fit_problems(cfg: RecipeConfig, launch_file: str, procs: int | None) -> list
     if cluster.deepspeed_config.get("zero_stage") != cfg.trainer.zero_stage:
         problems.append(f"{launch_file}: zero_stage {cluster.deepspeed_config.get('zero_stage')} but "
                         f"trainer.zero_stage is {cfg.trainer.zero_stage}")
+    mirrored = _offload_of(cluster.deepspeed_config)
+    if mirrored != cfg.trainer.offload:
+        problems.append(f"{launch_file}: offload devices say trainer.offload {mirrored} but trainer.offload is "
+                        f"{cfg.trainer.offload}")
     n = procs or cluster.num_processes
     if cfg.rollout.prompts_per_step % n:
         problems.append(f"rollout.prompts_per_step {cfg.rollout.prompts_per_step} does not divide over {n} processes")
@@ -119,3 +132,22 @@ def test_a_recipe_that_does_not_fit_its_launch_file_is_reported(tmp_path):
         "rollout.prompts_per_step 100 does not divide over 8 processes",
         "rollout.gpu_memory_utilization 0.9: vLLM shares the GPU with the trainer; keep it in [0.2, 0.6]",
     ]
+
+
+def test_an_offload_launch_file_needs_the_recipe_to_offload():
+    # zero3_offload_8gpu.yaml mirrors trainer.offload: optimizer_and_params; a recipe that does not
+    # offload (or offloads less) would train without it, whatever the file says.
+    gpu_8, launch_file = REPO / "recipes/configs/grpo_math_gpu_8.yaml", "launch/accelerate/zero3_offload_8gpu.yaml"
+    for offload, problems in (
+        ("none", [f"{launch_file}: offload devices say trainer.offload optimizer_and_params but trainer.offload "
+                  "is none"]),
+        ("optimizer", [f"{launch_file}: offload devices say trainer.offload optimizer_and_params but "
+                       "trainer.offload is optimizer"]),
+        ("optimizer_and_params", []),
+    ):
+        cfg = load_config(gpu_8, ["trainer.zero_stage=3", f"trainer.offload={offload}"])
+        assert fit_problems(cfg, launch_file, None) == problems
+    # and a plain file with an offloading recipe
+    cfg = load_config(gpu_8, ["trainer.offload=optimizer"])
+    assert fit_problems(cfg, "launch/accelerate/zero2_8gpu.yaml", None) == [
+        "launch/accelerate/zero2_8gpu.yaml: offload devices say trainer.offload none but trainer.offload is optimizer"]
