@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step import LAUNCH_CONFIG, RECIPE_CONFIG, ROOT, machine_info, run_measured  # noqa: E402
+from step import QUIET, RECIPE_CONFIG, ROOT, launch_recipe, machine_info  # noqa: E402
 
 CONFIGS = ("colocated", "server", "server_async")
 KEYS = ("step", "generate", "score", "advantage", "train", "sync", "weight_sync", "overlap", "prefetch_wait",
@@ -56,14 +56,9 @@ def run_config(name: str, a: argparse.Namespace, model_dir: str, work: Path, url
         f"run.output_dir={run_dir}", "run.resume=false", f"model.name_or_path={model_dir}",
         f"rollout.prompts_per_step={a.prompts}", f"rollout.group_size={a.group}",
         f"rollout.max_new_tokens={a.max_new_tokens}", f"trainer.max_steps={a.steps}", *engine,
-        *(["rollout.async=true"] if name == "server_async" else []),
-        "trainer.checkpoint_every=0", "trainer.export_final=false", "eval.enabled=false",
-        "logging.progress=false", "logging.tensorboard=false", "logging.sample_every=0",
+        *(["rollout.async=true"] if name == "server_async" else []), *QUIET,
     ]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH_CONFIG),
-           str(ROOT / "recipes/grpo_math.py"), "--config", str(RECIPE_CONFIG), *overrides]
-    print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
-    proc = run_measured(cmd, work / f"{name}.log", a.timeout)
+    proc = launch_recipe(name, overrides, work, a.timeout)
     proc.pop("_sampler")
     out = {"overrides": [o for o in overrides if not o.startswith(("run.output_dir", "model.name_or_path"))],
            "process": proc}

@@ -223,6 +223,20 @@ def run_measured(cmd: list[str], log_path: Path, timeout: float, env: dict | Non
             "max_rss_gib": round(after.ru_maxrss / 2**20, 2), "log": str(log_path), "_sampler": sampler}
 
 
+# Overrides of a timed run: no checkpoints, export, evaluation, progress bar or sample log.
+QUIET = ("trainer.checkpoint_every=0", "trainer.export_final=false", "eval.enabled=false",
+         "logging.progress=false", "logging.tensorboard=false", "logging.sample_every=0")
+
+
+def launch_recipe(name: str, overrides: list[str], work: Path, timeout: float) -> dict:
+    """`accelerate launch recipes/grpo_math.py` (one process, the CPU recipe) with `overrides`,
+    measured by `run_measured`; its output goes to work/<name>.log."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH_CONFIG),
+           str(ROOT / "recipes/grpo_math.py"), "--config", str(RECIPE_CONFIG), *overrides]
+    print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
+    return run_measured(cmd, work / f"{name}.log", timeout)
+
+
 def add_cpu(step: dict, spans: dict[str, list[tuple[float, float]]], sampler: CpuSampler) -> None:
     """Adds `cpu_<phase>` (CPU seconds of the benchmarked processes) and `other_cores` (mean
     cores other processes used) to one step's record, from wall-clock spans of each phase."""
@@ -267,14 +281,9 @@ def bench_rlkit(name: str, a: argparse.Namespace, model_dir: str, work: Path) ->
         "rollout.engine=vllm", f"rollout.prompts_per_step={a.prompts}", f"rollout.group_size={a.group}",
         f"rollout.max_new_tokens={a.max_new_tokens}", "rollout.temperature=1.0", "trainer.learning_rate=3e-6",
         "trainer.num_iterations=1", "trainer.mini_batches=1", f"trainer.max_steps={a.steps}",
-        *variant,
-        "trainer.checkpoint_every=0", "trainer.export_final=false", "eval.enabled=false",
-        "logging.progress=false", "logging.tensorboard=false", "logging.sample_every=0",
+        *variant, *QUIET,
     ]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH_CONFIG),
-           str(ROOT / "recipes/grpo_math.py"), "--config", str(RECIPE_CONFIG), *overrides]
-    print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
-    proc = run_measured(cmd, work / f"{name}.log", a.timeout)
+    proc = launch_recipe(name, overrides, work, a.timeout)
     sampler = proc.pop("_sampler")
     out = {"framework": "rlkit", "variant": list(variant), "engine": "vllm", "process": proc,
            "precision": ("bf16 autocast (fp32 master weights), vLLM bf16" if a.dtype == "bfloat16"
