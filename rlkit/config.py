@@ -1,5 +1,6 @@
 """Typed recipe configuration: pydantic models, cross-field checks, clear errors (YAML reading
-and `a.b=c` overrides: `rlkit/config_yaml.py`).
+and `a.b=c` overrides: `rlkit/config_yaml.py`; the checks against registries and the
+filesystem, and how errors read: `rlkit/config_checks.py`).
 
 A recipe YAML maps one-to-one onto `RecipeConfig`. Every field is documented once, here.
 Validation happens once, at load time; the rest of rlkit receives plain typed objects and
@@ -14,7 +15,6 @@ closest valid key:
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import sys
 from pathlib import Path
@@ -23,8 +23,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlkit.config_checks import (
+    build_component,
+    check_model_path,
+    dry_run_estimator,
+    raise_config_error,
+    resolve_name,
+    unknown_name,
+)
 from rlkit.config_yaml import ConfigError, apply_overrides, read_yaml_mapping
-from rlkit.registry import Registry, UnknownNameError
 
 __all__ = ["ConfigError", "RecipeConfig", "apply_overrides", "config_from_dict", "dump_config", "load_config"]
 
@@ -206,7 +213,7 @@ class DataConfig(_Section):
         from rlkit.data.samplers import SAMPLERS
 
         spec = self.sampler
-        _resolve(SAMPLERS, spec.name, "data.sampler.name", "samplers")
+        resolve_name(SAMPLERS, spec.name, "data.sampler.name", "samplers")
         make = SAMPLERS.bind(spec.name, spec.params, path="data.sampler.params")
         try:
             make(self.num_train, seed=self.seed)
@@ -522,7 +529,7 @@ class DiagnosticsConfig(_Section):
 
         for name in names:
             if name not in ALARM_NAMES:
-                raise ValueError(_unknown_name("diagnostics.stop_on", name, list(ALARM_NAMES), "alarms"))
+                raise ValueError(unknown_name("diagnostics.stop_on", name, list(ALARM_NAMES), "alarms"))
         return names
 
 
@@ -631,7 +638,7 @@ class RecipeConfig(_Section):
         from rewards import REWARDS
 
         for i, spec in enumerate(specs):
-            _resolve(REWARDS, spec.name, f"rewards.{i}.name", "reward functions")
+            resolve_name(REWARDS, spec.name, f"rewards.{i}.name", "reward functions")
             REWARDS.check_params(spec.name, spec.params, path=f"rewards.{i}.params")
         return specs
 
@@ -654,7 +661,7 @@ class RecipeConfig(_Section):
         from rlkit.algorithms.losses import LOSSES
         from rlkit.algorithms.regularizers import REGULARIZERS
 
-        estimator = _resolve(ADVANTAGES, self.advantage.name, "advantage.name", "advantage estimators")
+        estimator = resolve_name(ADVANTAGES, self.advantage.name, "advantage.name", "advantage estimators")
         ADVANTAGES.check_params(self.advantage.name, self.advantage.params, path="advantage.params")
         if estimator.needs_group and self.rollout.group_size < 2:
             raise ValueError(
@@ -663,7 +670,7 @@ class RecipeConfig(_Section):
                 "(or pick a batch-level estimator such as reinforce_pp)"
             )
         if self.advantage.answer_extractor is not None:
-            _resolve(ANSWER_EXTRACTORS, self.advantage.answer_extractor, "advantage.answer_extractor",
+            resolve_name(ANSWER_EXTRACTORS, self.advantage.answer_extractor, "advantage.answer_extractor",
                      "answer extractors")
         elif estimator.needs_answers:
             raise ValueError(
@@ -671,14 +678,14 @@ class RecipeConfig(_Section):
                 f"their final answer; set advantage.answer_extractor to one of "
                 f"{', '.join(ANSWER_EXTRACTORS.names())} (or `pkg.mod:fn`, text -> str | None)"
             )
-        _dry_run_estimator(ADVANTAGES, self.advantage, self.rollout.group_size, estimator.needs_answers)
+        dry_run_estimator(ADVANTAGES, self.advantage, self.rollout.group_size, estimator.needs_answers)
         loss_field = "loss.class" if self.loss.class_path is not None else "loss.name"
-        _resolve(LOSSES, self.loss.target, loss_field, "losses")
-        _build(LOSSES, self.loss.target, self.loss.params, "loss.params")
+        resolve_name(LOSSES, self.loss.target, loss_field, "losses")
+        build_component(LOSSES, self.loss.target, self.loss.params, "loss.params")
         updates = self.trainer.mini_batches * self.trainer.num_iterations
         for i, spec in enumerate(self.regularizers):
-            reg_cls = _resolve(REGULARIZERS, spec.name, f"regularizers.{i}.name", "regularizers")
-            _build(REGULARIZERS, spec.name, spec.params, f"regularizers.{i}.params")
+            reg_cls = resolve_name(REGULARIZERS, spec.name, f"regularizers.{i}.name", "regularizers")
+            build_component(REGULARIZERS, spec.name, spec.params, f"regularizers.{i}.params")
             if reg_cls.needs_trainer_old_logprobs:
                 if updates < 2:
                     raise ValueError(
@@ -692,8 +699,8 @@ class RecipeConfig(_Section):
             from rlkit.algorithms.token_weights import TOKEN_WEIGHTS
 
             tw = self.token_weights
-            tw_cls = _resolve(TOKEN_WEIGHTS, tw.name, "token_weights.name", "token-weight functions")
-            _build(TOKEN_WEIGHTS, tw.name, tw.params, "token_weights.params")
+            tw_cls = resolve_name(TOKEN_WEIGHTS, tw.name, "token_weights.name", "token-weight functions")
+            build_component(TOKEN_WEIGHTS, tw.name, tw.params, "token_weights.params")
             if tw_cls.needs_group and self.rollout.group_size < 2:
                 raise ValueError(
                     f"token_weights.name: '{tw.name}' compares each response with the correct ones of its group; "
@@ -716,8 +723,8 @@ class RecipeConfig(_Section):
         kd = [(i, spec.name) for i, spec in enumerate(self.regularizers) if REGULARIZERS.get(spec.name).needs_teacher]
         mixer = None
         if self.mixing is not None:
-            _resolve(MIXERS, self.mixing.name, "mixing.name", "mixing modes")
-            mixer = _build(MIXERS, self.mixing.name, self.mixing.params, "mixing.params")
+            resolve_name(MIXERS, self.mixing.name, "mixing.name", "mixing modes")
+            mixer = build_component(MIXERS, self.mixing.name, self.mixing.params, "mixing.params")
             demos = mixer.uses_demos() if isinstance(mixer, PACED) else mixer.needs_demos
             if demos and self.data.demo_field is None:
                 raise ValueError(f"mixing.name: '{self.mixing.name}' learns from demonstrations; set data.demo_field "
@@ -760,7 +767,7 @@ class RecipeConfig(_Section):
         for field, value in (("model.name_or_path", self.model.name_or_path), ("model.ref_model", self.model.ref_model),
                              ("model.teacher_model", self.model.teacher_model)):
             if value is not None:
-                _check_model_path(field, value)
+                check_model_path(field, value)
         d = self.data
         if d.path is not None and d.name in ("jsonl", "parquet") and not Path(d.path).expanduser().is_file():
             raise ValueError(f"data.path: {d.path} does not exist (data.name '{d.name}' reads a local file)")
@@ -783,128 +790,6 @@ class RecipeConfig(_Section):
         return self
 
 
-def _check_model_path(field: str, value: str) -> None:
-    """A local model path must hold a model; aliases and hub ids ("org/name") pass."""
-    from rlkit.assets import MODEL_ALIASES
-
-    path = Path(value).expanduser()
-    local = value.startswith(("/", ".", "~")) or value.count("/") > 1 or path.is_dir()
-    if value in MODEL_ALIASES or not local:
-        return
-    if not path.is_dir():
-        raise ValueError(f"{field}: {value} does not exist (a local path; a hub id looks like 'org/name', "
-                         f"an embedded alias is one of {', '.join(MODEL_ALIASES)})")
-    weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json") for p in path.glob(pattern)]
-    if not (path / "config.json").is_file() or not weights:
-        raise ValueError(f"{field}: {value} is a directory but holds no model (config.json and *.safetensors or "
-                         f"*.bin); found {sorted(p.name for p in path.iterdir())[:8]}")
-
-
-def _resolve(registry: Registry, name: str, field: str, what: str) -> Any:
-    """registry.get(name), its errors at `field`: a name -> did-you-mean, a path -> why it failed."""
-    try:
-        return registry.get(name)
-    except UnknownNameError:
-        raise ValueError(_unknown_name(field, name, registry.names(), what)) from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{field}: {exc}") from None
-
-
-def _dry_run_estimator(registry: Registry, spec: AdvantageConfig, group_size: int, needs_answers: bool) -> None:
-    """Call the bound estimator once on a tiny dummy batch (2 groups of `group_size` rows,
-    rewards 0/1, a full 2-token mask, all-distinct answers if it takes them), so that a value
-    only the function checks (riskpo's alpha >= beta, grpo's scale) fails at `advantage.params`."""
-    import torch
-
-    fn = registry.bind(spec.name, spec.params, path="advantage.params")
-    n = 2 * group_size
-    rows = torch.arange(n)  # [n]
-    extra = {"answers": rows} if needs_answers else {}
-    try:
-        fn((rows % 2).float(), rows // group_size, mask=torch.ones(n, 2, dtype=torch.bool), **extra)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"advantage.params: {exc}") from None
-
-
-def _build(registry: Registry, name: str, params: dict[str, Any], path: str) -> Any:
-    """Build a component from its params: an unknown or missing parameter fails at
-    `<path>.<param>` (ParamError), a value the constructor refuses at `<path>`."""
-    make = registry.bind(name, params, path=path)
-    try:
-        return make()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-def _unknown_name(path: str, value: str, known: list[str], what: str) -> str:
-    msg = f"{path}: unknown value '{value}'"
-    close = difflib.get_close_matches(value, known, n=1)
-    if close:
-        msg += f"; did you mean '{close[0]}'?"
-    return msg + f" Known {what}: {', '.join(sorted(known))}."
-
-
-def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at `path` (for typo suggestions)."""
-    model: Any = RecipeConfig
-    for part in path:
-        if isinstance(part, int):
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        ann = field.annotation
-        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        elif inner:
-            model = inner[0]
-        else:
-            return None
-    return model
-
-
-def _format_error(err: dict[str, Any]) -> str:
-    loc = tuple(err.get("loc", ()))
-    path = ".".join(str(p) for p in loc) or "<root>"
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        msg = f"config error at {path}: unknown key"
-        if owner is not None:
-            keys = [f.alias or name for name, f in owner.model_fields.items()]
-            close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-            msg += f"; did you mean '{close[0]}'?" if close else "."
-            msg += f" Valid keys here: {', '.join(keys)}."
-        return msg
-    if kind == "missing":
-        owner = _model_at(loc[:-1])
-        desc = ""
-        if owner is not None and loc and loc[-1] in owner.model_fields:
-            desc = owner.model_fields[loc[-1]].description or ""
-        return f"config error at {path}: required field is missing. {desc}".rstrip()
-    text = err.get("msg", "invalid value")
-    if kind.startswith("value_error") and text.startswith("Value error, "):
-        text = text[len("Value error, ") :]
-        head = text.split(":", 1)[0]
-        if " " not in head and ":" in text:  # the validator already named the exact field
-            return f"config error at {text}"
-        first = text.split(" ", 1)[0]
-        if loc == () or (first.startswith(path) and "." in first):  # the validator named the field
-            return f"config error: {text}"
-    got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "{...}"
-    return f"config error at {path}: got {shown}; {text[0].lower() + text[1:] if text else text}"
-
-
-def _raise_config_error(exc: ValidationError) -> None:
-    lines = [_format_error(e) for e in exc.errors(include_url=False)]
-    raise ConfigError("\n".join(lines)) from None
-
-
 # ----------------------------------------------------------------------------- loading
 
 
@@ -912,7 +797,7 @@ def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
     try:
         return RecipeConfig.model_validate(raw)
     except ValidationError as exc:
-        _raise_config_error(exc)
+        raise_config_error(exc, RecipeConfig)
         raise  # unreachable
 
 
