@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlkit.config import LoraConfig, ModelConfig, TrainerConfig
+from rlkit.config import ConfigError, LoraConfig, ModelConfig, TrainerConfig
 from rlkit.modeling import unwrap_model
 from rlkit.platform import resolve_dtype
 
@@ -157,9 +157,29 @@ def _ds_config(tcfg: TrainerConfig, *, bf16: bool) -> dict:
     return cfg
 
 
+def check_trainable_stage(tcfg: TrainerConfig) -> None:
+    """ConfigError for a ZeRO stage rlkit's training pass cannot run yet (ZeRO-3), before any
+    process group or model exists.
+
+    ZeRO-3 keeps every parameter partitioned outside its module's forward, and rlkit's chunked
+    logprob pass (`rlkit/trainer/logprobs.py`) multiplies the hidden states by the output
+    layer's weight directly, never through that module: on a ZeRO-3 run the weight is an empty
+    shard there (tried on CPU, one process, 2026-12-02: "size mismatch ... vec (0)"). Also
+    found then: while a ZeRO-3 config is live, transformers partitions every
+    `from_pretrained`, so the frozen reference model, the teacher and the transformers engine
+    would load as empty shards too. Both need work before ZeRO-3 trains."""
+    if tcfg.zero_stage == 3:
+        raise ConfigError(
+            "trainer.zero_stage: 3 does not train in rlkit yet (the chunked logprob pass reads the output layer's "
+            "weight outside its module, where ZeRO-3 keeps it partitioned; docs/scaling.md, \"ZeRO-3\"); use "
+            "trainer.zero_stage: 2, with trainer.offload: optimizer to move the optimizer state to CPU memory")
+
+
 def build_accelerator(tcfg: TrainerConfig, mcfg: ModelConfig, trackers: list[str], project_dir: str):
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    check_trainable_stage(tcfg)
 
     bf16 = resolve_dtype(mcfg.dtype) == "bfloat16" and torch.cuda.is_available()
     if not torch.cuda.is_available():
@@ -201,7 +221,7 @@ def load_teacher(path: str, policy: torch.nn.Module, policy_path: str):
     output size and the tokenizer must agree (the message names both sizes)."""
     from transformers import AutoTokenizer
 
-    from rlkit.config import ConfigError
+
 
     teacher = load_causal_lm(path, trainable=False)
     t_size = teacher.get_output_embeddings().weight.shape[0]
@@ -220,7 +240,7 @@ def apply_lora(model: torch.nn.Module, lcfg: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    from rlkit.config import ConfigError
+
 
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     missing = sorted(set(lcfg.target_modules) - names)

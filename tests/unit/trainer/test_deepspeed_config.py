@@ -96,3 +96,18 @@ def test_optimizer_without_offload_is_torch_fused_adamw():
     group = opt.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"], group["weight_decay"], group["fused"]) == (
         3e-4, (0.8, 0.95), 1e-8, 0.1, True)
+
+
+def test_zero3_is_refused_before_anything_starts():
+    """ZeRO-3 cannot train yet (the chunked logprob pass reads the output weight outside its
+    module, where ZeRO-3 keeps it an empty shard): build_accelerator refuses it first thing,
+    naming the field and the stage to use, and builds no Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    from rlkit.trainer.deepspeed import build_accelerator
+
+    cfg = config_from_dict({"model": {"name_or_path": "x"}, "trainer": {"zero_stage": 3}})
+    before = dict(AcceleratorState._shared_state)
+    with pytest.raises(ConfigError, match=r"trainer.zero_stage: 3 does not train in rlkit yet.*zero_stage: 2"):
+        build_accelerator(cfg.trainer, cfg.model, [], "/tmp/unused")
+    assert AcceleratorState._shared_state == before  # refused before accelerate set anything up
