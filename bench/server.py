@@ -38,15 +38,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step import QUIET, RECIPE_CONFIG, ROOT, launch_recipe, machine_info  # noqa: E402
+from step import QUIET, RECIPE_CONFIG, ROOT, _mean, launch_recipe, machine_info  # noqa: E402
 
 CONFIGS = ("colocated", "server", "server_async")
 KEYS = ("step", "generate", "score", "advantage", "train", "sync", "weight_sync", "overlap", "prefetch_wait",
         "generate_ahead")
-
-
-def _mean(xs: list[float]) -> float | None:
-    return round(sum(xs) / len(xs), 3) if xs else None
 
 
 def run_config(name: str, a: argparse.Namespace, model_dir: str, work: Path, url: str | None) -> dict:

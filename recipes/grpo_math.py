@@ -317,8 +317,7 @@ def train_step(cfg: RecipeConfig, c: Components, step: int) -> StepResult:
         c.prefetcher.start(step + 1, nxt, before,
                            lambda: c.engine.generate_rendered(*rendered, r.group_size, c.sampling))
     # Weight versions (engines that count them): how many syncs this batch lags the policy.
-    staleness = (None if batch.weight_version is None
-                 else getattr(c.engine, "weight_version", batch.weight_version) - batch.weight_version)
+    staleness = None if batch.weight_version is None else c.engine.weight_version - batch.weight_version
 
     # 2. Advantages (answer clusters only for the estimators that declare they need them).
     t_adv = time.perf_counter()

@@ -476,14 +476,14 @@ class ServerEngine:
         self._call([url], "/update_weight_version", {"new_version": str(version)}, what="update_weight_version")
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
-        """Write the weights (HF names, cast to the served dtype) as safetensors into a new
-        `weight_dir/v<version>` directory, atomically, then reload every server from it.
+        """Push the weights (HF names, cast to the served dtype) to every server as version
+        `weight_version + 1`: by default as safetensors in a new `weight_dir/v<version>`
+        directory, written atomically, which every server reloads (`_push_file`; the previous
+        version's directory is removed once all have); with `weight_transfer="nccl"` by a
+        broadcast into the servers' GPUs (`rlkit.rollout.nccl_transfer`).
 
-        The iterator is consumed completely (under ZeRO-3 it gathers collectively); the file
-        holds one copy of the model in the served dtype. The previous version's directory is
-        removed once every server has loaded the new one."""
-        from safetensors.torch import save_file
-
+        The iterator is consumed completely on every rank (under ZeRO-3 it gathers
+        collectively); only the sync leader pushes."""
         t0 = time.perf_counter()
         version = self.weight_version + 1
         if not self.sync_leader:  # the leader pushes; this rank takes part in the gather only
@@ -493,12 +493,22 @@ class ServerEngine:
             return
         if self._nccl is not None:  # weight_transfer "nccl": no file, a broadcast into the servers' GPUs
             self._nccl.push(named_tensors, version, self.dtype)
-            self.weight_version = version
-            dt = time.perf_counter() - t0
-            self.sync_count += 1
-            self.sync_seconds += dt
-            self.last_sync_seconds = dt
-            return
+        else:
+            self._push_file(named_tensors, version)
+        self.weight_version = version
+        dt = time.perf_counter() - t0
+        self.sync_count += 1
+        self.sync_seconds += dt
+        self.last_sync_seconds = dt
+        log.debug("weight sync #%d to %d server(s) by %s: %.2f s", self.sync_count, len(self.servers),
+                  self.weight_transfer, dt)
+
+    def _push_file(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
+        """The file path of `update_weights`: write `weight_dir/v<version>` atomically, reload
+        every server from it, then remove the older versions."""
+        from safetensors.torch import save_file
+
+        t0 = time.perf_counter()
         tensors: dict[str, Tensor] = {}
         for name, t in named_tensors:
             t = t.detach()
@@ -516,18 +526,11 @@ class ServerEngine:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        t_write = time.perf_counter() - t0
+        log.debug("weight file v%06d written in %.2f s", version, time.perf_counter() - t0)
         self._map(lambda url: self._reload(url, str(final), version), self.servers)
-        self.weight_version = version
         for old in self.weight_dir.glob("v*"):
             if old != final and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
-        dt = time.perf_counter() - t0
-        self.sync_count += 1
-        self.sync_seconds += dt
-        self.last_sync_seconds = dt
-        log.debug("weight sync #%d to %d server(s): %.2f s (write %.2f s)", self.sync_count, len(self.servers),
-                  dt, t_write)
 
     def max_weight_diff(self, named_tensors: Iterable[tuple[str, Tensor]]) -> float:
         """NaN: a server's weights cannot be read back over HTTP (vLLM has no route returning
